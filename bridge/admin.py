@@ -1,0 +1,78 @@
+"""Server lifecycle operations shared by the admin HTTP API and the CLI (no Flask here).
+
+Each function validates raw input (as it comes from JSON or the command line), makes
+one store call and returns the result; errors are InvalidInputError or the store's.
+"""
+from bridge.auth import hash_token, new_token
+from bridge.validate import (InvalidInputError, check_interval, check_labels, check_server_id,
+                             parse_duration)
+
+
+def register(store, settings, server_id, interval=None, labels=None, with_token=False):
+    """Register a server; return (server, token) where token is None unless asked for."""
+    check_server_id(server_id)
+    interval = None if interval is None else check_interval(interval)
+    labels = check_labels(labels or {})
+    token = new_token() if with_token else None
+    server = store.register(server_id, interval=interval, labels=labels,
+                            token_hash=hash_token(token) if token else None,
+                            max_servers=settings.max_servers)
+    return server, token
+
+
+def relabel(store, server_id, labels):
+    """Replace a server's operator labels."""
+    return store.update(check_server_id(server_id), labels=check_labels(labels))
+
+
+def set_interval(store, server_id, interval):
+    """Pin the interval (None: follow what the agent declares)."""
+    return store.update(check_server_id(server_id),
+                        interval=None if interval is None else check_interval(interval))
+
+
+def pause(store, server_id, duration=None, until=None, reason=None):
+    """Pause alerting, for a duration ('2h'), until a Unix time, or until resumed."""
+    check_server_id(server_id)
+    if duration is not None and until is not None:
+        raise InvalidInputError("invalid_field", "give either a duration or an end time", 422)
+    if duration is not None:
+        until = store.clock() + parse_duration(duration, "for")
+    elif until is not None:
+        if isinstance(until, bool) or not isinstance(until, (int, float)):
+            raise InvalidInputError("invalid_field", "until must be a Unix time", 422)
+        if until <= store.clock():
+            raise InvalidInputError("invalid_field", "until must be in the future", 422)
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 256):
+        raise InvalidInputError("invalid_field", "reason must be a string of at most 256 "
+                                "characters", 422)
+    return store.pause(server_id, until=until, reason=reason)
+
+
+def resume(store, server_id):
+    return store.resume(check_server_id(server_id))
+
+
+def remove(store, server_id):
+    store.remove(check_server_id(server_id))
+
+
+def rotate_token(store, server_id, keep_previous_for=None):
+    """Give a server a new token; the old one may stay valid for a grace period."""
+    check_server_id(server_id)
+    grace = 0.0 if keep_previous_for is None else parse_duration(keep_previous_for,
+                                                                 "keep_previous_for")
+    token = new_token()
+    store.set_token(server_id, hash_token(token), keep_previous_for=grace)
+    return token
+
+
+def revoke_token(store, server_id):
+    return store.set_token(check_server_id(server_id), None)
+
+
+def forget_silent(store, days):
+    """Remove servers silent for `days` days; return how many."""
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
+        raise InvalidInputError("invalid_field", "days must be a positive number", 422)
+    return store.forget_silent(days * 86400)

@@ -1,0 +1,90 @@
+"""The Flask app factory: wiring only."""
+import logging
+import time
+from dataclasses import dataclass, field
+
+from flask import Flask, jsonify
+from prometheus_client import CollectorRegistry
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from bridge import __version__, http_metrics
+from bridge.auth import Authenticator
+from bridge.collector import HeartbeatCollector
+from bridge.config import Settings
+from bridge.rejections import RejectionCounter
+from bridge.store import BeatPolicy, open_store
+from bridge.views import admin, beat, errors, health
+from bridge.views.metrics import metrics_wsgi
+
+log = logging.getLogger("bridge")
+HOUSEKEEPING_EVERY = 60.0
+
+
+@dataclass
+class BridgeState:
+    """What the views need, built once per app (per worker process)."""
+
+    settings: Settings
+    store: object
+    auth: Authenticator
+    rejections: RejectionCounter
+    policy: BeatPolicy
+    registry: CollectorRegistry
+    _last_housekeeping: float = field(default=0.0, repr=False)
+
+    def housekeeping(self):
+        """On scrape: write pending rejection counts; forget long-silent servers (if set)."""
+        self.rejections.flush()
+        days = self.settings.forget_after_days
+        now = time.monotonic()
+        if days and now - self._last_housekeeping >= HOUSEKEEPING_EVERY:
+            self._last_housekeeping = now
+            forgotten = self.store.forget_silent(days * 86400)
+            if forgotten:
+                log.info("forgot %d servers silent for %g days", forgotten, days)
+
+
+def create_app(settings=None, store=None, clock=time.time, rejection_flush_every=1.0,
+               multiproc_dir=None):
+    """Build the bridge; settings from the environment unless given."""
+    settings = settings or Settings.from_env()
+    if store is None:
+        store = open_store(settings.database_url, clock=clock, pool_size=settings.pool_size)
+    if settings.allow_unauthenticated:
+        log.warning("HEARTBEAT_ALLOW_UNAUTHENTICATED is on: ANYONE who can reach this port "
+                    "can send beats for any server id. Use it for development only.")
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HeartbeatCollector(store, settings.default_interval, settings.max_servers,
+                                         clock=clock))
+    bridge_state = BridgeState(
+        settings=settings,
+        store=store,
+        auth=Authenticator(settings.fleet_tokens, settings.admin_token,
+                           settings.allow_unauthenticated),
+        rejections=RejectionCounter(store, flush_every=rejection_flush_every),
+        policy=BeatPolicy(auto_register=settings.auto_register,
+                          max_servers=settings.max_servers,
+                          rate_limit_burst=settings.rate_limit_burst,
+                          default_interval=settings.default_interval),
+        registry=registry,
+    )
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.json.sort_keys = False
+    app.extensions["heartbeat"] = bridge_state
+    errors.init_app(app)
+    http_metrics.init_app(app, registry, multiproc_dir or settings.metrics_multiproc_dir)
+    for blueprint in (beat.bp, admin.bp, health.bp):
+        app.register_blueprint(blueprint)
+
+    @app.get("/api")
+    def index():
+        return jsonify(name="heartbeat-bridge", version=__version__,
+                       endpoints=["/api/heartbeat/<server_id>/", "/api/servers", "/metrics",
+                                  "/healthz", "/readyz"])
+
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app,
+                                        {"/metrics": metrics_wsgi(registry, bridge_state)})
+    return app

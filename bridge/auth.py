@@ -1,0 +1,80 @@
+"""Tokens: stored as SHA-256 hashes, compared in constant time, never logged."""
+import hashlib
+import hmac
+import secrets
+
+from bridge.validate import InvalidInputError
+
+_DUMMY_HASH = hashlib.sha256(b"no server token").hexdigest()
+
+
+class AuthError(InvalidInputError):
+    """A request without a valid token; always 401, the reason says which."""
+
+    def __init__(self, reason, message):
+        super().__init__(reason, message, 401)
+
+
+def hash_token(token):
+    """Tokens are high-entropy random strings, so one SHA-256 is the right cost."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token():
+    return secrets.token_urlsafe(32)
+
+
+def bearer_token(header):
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _matches(presented_hash, valid_hashes):
+    """Constant-time over every candidate (no early exit)."""
+    found = False
+    for candidate in valid_hashes:
+        found |= hmac.compare_digest(presented_hash, candidate)
+    return found
+
+
+class Authenticator:
+    """Decides who may beat for a server and who may use the admin API."""
+
+    def __init__(self, fleet_tokens=(), admin_token="", allow_unauthenticated=False):
+        self.fleet_hashes = [hash_token(t) for t in fleet_tokens]
+        self.admin_hash = hash_token(admin_token) if admin_token else None
+        self.allow_unauthenticated = allow_unauthenticated
+
+    @property
+    def admin_enabled(self):
+        return self.admin_hash is not None
+
+    def check_beat(self, store, server_id, header):
+        """Return 'fleet', 'server' or 'open'; raise AuthError otherwise.
+
+        A wrong token and an unknown server take the same path (one store read, one
+        comparison against a real or dummy hash), so timing tells a guesser nothing.
+        """
+        token = bearer_token(header)
+        if token is None:
+            if self.allow_unauthenticated:
+                return "open"
+            raise AuthError("missing_token", "send Authorization: Bearer <token>")
+        presented = hash_token(token)
+        if _matches(presented, self.fleet_hashes):
+            return "fleet"
+        if _matches(presented, store.token_hashes(server_id) or [_DUMMY_HASH]):
+            return "server"
+        if self.allow_unauthenticated:
+            return "open"
+        raise AuthError("invalid_token", "the token is not valid for this server")
+
+    def check_admin(self, header):
+        """True when the header carries the admin token."""
+        token = bearer_token(header)
+        return bool(token and self.admin_hash and _matches(hash_token(token), [self.admin_hash]))

@@ -1,0 +1,244 @@
+"""`heartbeat-bridge`: serve, and manage servers and tokens directly in the store."""
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import tempfile
+
+from bridge import __version__, admin
+from bridge.config import ConfigError, Settings
+from bridge.store import ServerExistsError, ServerLimitError, StoreError, UnknownServerError
+from bridge.validate import InvalidInputError
+
+GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env()
+        if getattr(args, "database_url", None):
+            settings = _with(settings, database_url=args.database_url)
+        return args.func(args, settings) or 0
+    except ConfigError as exc:
+        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
+        return 2
+    except InvalidInputError as exc:
+        print(f"heartbeat-bridge: {exc.message}", file=sys.stderr)
+        return 2
+    except UnknownServerError as exc:
+        print(f"heartbeat-bridge: no server {exc.args[0]!r}", file=sys.stderr)
+        return 1
+    except ServerExistsError as exc:
+        print(f"heartbeat-bridge: server {exc.args[0]!r} is registered already", file=sys.stderr)
+        return 1
+    except (ServerLimitError, StoreError) as exc:
+        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
+        return 1
+
+
+def _with(settings, **changes):
+    from dataclasses import replace
+    probe = dict(os.environ, HEARTBEAT_DATABASE_URL=changes.get("database_url", ""))
+    Settings.from_env(probe)  # validate the URL the same way as the variable
+    return replace(settings, **changes)
+
+
+def _store(settings):
+    from bridge.store import open_store
+    return open_store(settings.database_url, pool_size=1)
+
+
+# -- serve -----------------------------------------------------------------------------------
+def serve(args, settings):
+    """Exec gunicorn with the project's config; every worker reads the same settings."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if settings.allow_unauthenticated:
+        print("WARNING: HEARTBEAT_ALLOW_UNAUTHENTICATED is on: anyone who can reach "
+              f"{settings.bind} can send beats for any server id.", file=sys.stderr)
+    elif not settings.fleet_tokens:
+        print("heartbeat-bridge: no HEARTBEAT_TOKEN set: only servers registered with their "
+              "own token can beat", file=sys.stderr)
+    _store(settings).close()  # create the schema once, and fail here rather than per worker
+    env = dict(os.environ)
+    env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-metrics-")
+    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF,
+            "bridge.app:create_app()"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+def check_config(args, settings):
+    for name, value in settings.describe().items():
+        print(f"{name} = {value}")
+    _store(settings).ping()
+    print("store: reachable")
+
+
+# -- servers ---------------------------------------------------------------------------------
+def _print_server(server, settings, as_json):
+    import time
+    data = server.as_dict(time.time(), settings.default_interval)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key in ("last_seen", "registered_at", "paused_until", "boot_time") and value:
+            value = f"{value:.3f} ({_iso(value)})"
+        print(f"{key:20} {value}")
+
+
+def _iso(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def servers_list(args, settings):
+    import time
+    now = time.time()
+    servers = _store(settings).list()
+    if args.json:
+        print(json.dumps([s.as_dict(now, settings.default_interval) for s in servers], indent=2))
+        return
+    print(f"{'SERVER_ID':32} {'LAST_SEEN':25} {'INTERVAL':>8} {'BEATS':>8} {'PAUSED':6} LABELS")
+    for s in servers:
+        seen = _iso(s.last_seen) if s.last_seen else "never"
+        labels = ",".join(f"{k}={v}" for k, v in s.labels.items())
+        print(f"{s.server_id:32} {seen:25} {s.interval(settings.default_interval):>8g} "
+              f"{s.beats_total:>8} {'yes' if s.is_paused(now) else 'no':6} {labels}")
+
+
+def servers_show(args, settings):
+    _print_server(_store(settings).get(args.server_id), settings, args.json)
+
+
+def servers_register(args, settings):
+    server, token = admin.register(_store(settings), settings, args.server_id,
+                                   interval=args.interval, labels=_labels(args.label),
+                                   with_token=args.token)
+    _print_server(server, settings, False)
+    if token:
+        print(f"token                {token}")
+
+
+def servers_relabel(args, settings):
+    _print_server(admin.relabel(_store(settings), args.server_id, _labels(args.label)),
+                  settings, False)
+
+
+def servers_set_interval(args, settings):
+    interval = None if args.interval == "agent" else _number(args.interval, "interval")
+    _print_server(admin.set_interval(_store(settings), args.server_id, interval), settings, False)
+
+
+def servers_pause(args, settings):
+    until = None if args.until is None else _number(args.until, "--until")
+    _print_server(admin.pause(_store(settings), args.server_id, duration=args.for_,
+                              until=until, reason=args.reason), settings, False)
+
+
+def servers_resume(args, settings):
+    _print_server(admin.resume(_store(settings), args.server_id), settings, False)
+
+
+def servers_remove(args, settings):
+    admin.remove(_store(settings), args.server_id)
+    print(f"removed {args.server_id}")
+
+
+def servers_forget(args, settings):
+    count = admin.forget_silent(_store(settings), _number(args.silent_days, "--silent-days"))
+    print(f"forgot {count} servers")
+
+
+def tokens_rotate(args, settings):
+    print(admin.rotate_token(_store(settings), args.server_id, args.keep_previous_for))
+
+
+def tokens_revoke(args, settings):
+    admin.revoke_token(_store(settings), args.server_id)
+    print(f"revoked the token of {args.server_id}")
+
+
+def _number(text, name):
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInputError("invalid_field", f"{name} must be a number, got {text!r}") from None
+
+
+def _labels(pairs):
+    labels = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInputError("invalid_field", f"--label takes name=value, got {pair!r}")
+        labels[name] = value
+    return labels
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="heartbeat-bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"heartbeat-bridge {__version__}")
+    parser.add_argument("--database-url", help="overrides HEARTBEAT_DATABASE_URL")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def command(parent, name, func, help_text):
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    command(sub, "serve", serve, "run the bridge under gunicorn (settings from HEARTBEAT_*)")
+    command(sub, "check-config", check_config, "print the settings and check the store")
+
+    servers = sub.add_parser("servers", help="register, label, pause and remove servers")
+    ssub = servers.add_subparsers(metavar="ACTION", required=True)
+    p = command(ssub, "list", servers_list, "list servers")
+    p.add_argument("--json", action="store_true")
+    p = command(ssub, "show", servers_show, "show one server")
+    p.add_argument("server_id")
+    p.add_argument("--json", action="store_true")
+    p = command(ssub, "register", servers_register, "register a server before its first beat")
+    p.add_argument("server_id")
+    p.add_argument("--interval", type=float, help="pin the interval in seconds")
+    p.add_argument("--label", action="append", metavar="NAME=VALUE")
+    p.add_argument("--token", action="store_true", help="create a per-server token")
+    p = command(ssub, "relabel", servers_relabel, "replace a server's operator labels")
+    p.add_argument("server_id")
+    p.add_argument("--label", action="append", metavar="NAME=VALUE", default=[])
+    p = command(ssub, "set-interval", servers_set_interval,
+                "pin the interval, or 'agent' to follow the agent's")
+    p.add_argument("server_id")
+    p.add_argument("interval")
+    p = command(ssub, "pause", servers_pause, "pause alerting (maintenance)")
+    p.add_argument("server_id")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--for", dest="for_", metavar="DURATION", help="e.g. 30m, 2h, 1d")
+    group.add_argument("--until", metavar="UNIX_TIME")
+    p.add_argument("--reason")
+    p = command(ssub, "resume", servers_resume, "end a pause")
+    p.add_argument("server_id")
+    p = command(ssub, "remove", servers_remove, "remove a server and its series")
+    p.add_argument("server_id")
+    p = command(ssub, "forget", servers_forget, "remove servers silent for N days")
+    p.add_argument("--silent-days", required=True)
+
+    tokens = sub.add_parser("tokens", help="per-server tokens")
+    tsub = tokens.add_subparsers(metavar="ACTION", required=True)
+    p = command(tsub, "rotate", tokens_rotate, "create a new token for a server and print it")
+    p.add_argument("server_id")
+    p.add_argument("--keep-previous-for", metavar="DURATION",
+                   help="the old token stays valid this long (e.g. 1h)")
+    p = command(tsub, "revoke", tokens_revoke, "remove a server's token")
+    p.add_argument("server_id")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Typed settings: the only module that reads the environment."""
+import os
+import re
+from dataclasses import dataclass, field, fields
+
+DEFAULT_DATABASE_URL = "sqlite:///var/heartbeat.db"
+MAX_INTERVAL = 86400.0
+MIN_INTERVAL = 1.0
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the bridge; build with Settings.from_env() or directly in tests."""
+
+    bind: str = "127.0.0.1:8000"
+    database_url: str = DEFAULT_DATABASE_URL
+    fleet_tokens: tuple = ()
+    admin_token: str = ""
+    allow_unauthenticated: bool = False
+    auto_register: bool = True
+    workers: int = 4
+    threads: int = 4
+    timeout: int = 30
+    keepalive: int = 5
+    max_servers: int = 100000
+    default_interval: float = 30.0
+    rate_limit_burst: int = 10
+    forget_after_days: float = 0.0
+    status_public: bool = False
+    log_level: str = "info"
+    pool_size: int = 4
+    metrics_multiproc_dir: str = ""
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ=None):
+        """Read HEARTBEAT_* variables; raise ConfigError naming the first bad one."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        settings = cls(
+            bind=reader.bind("HEARTBEAT_BIND", cls.bind),
+            database_url=reader.database_url("HEARTBEAT_DATABASE_URL", DEFAULT_DATABASE_URL),
+            fleet_tokens=reader.token_list("HEARTBEAT_TOKEN"),
+            admin_token=reader.secret("HEARTBEAT_ADMIN_TOKEN"),
+            allow_unauthenticated=reader.boolean("HEARTBEAT_ALLOW_UNAUTHENTICATED", False),
+            auto_register=reader.boolean("HEARTBEAT_AUTO_REGISTER", True),
+            workers=reader.integer("HEARTBEAT_WORKERS", cls.workers, 1, 64),
+            threads=reader.integer("HEARTBEAT_THREADS", cls.threads, 1, 64),
+            timeout=reader.integer("HEARTBEAT_TIMEOUT", cls.timeout, 1, 3600),
+            keepalive=reader.integer("HEARTBEAT_KEEPALIVE", cls.keepalive, 0, 300),
+            max_servers=reader.integer("HEARTBEAT_MAX_SERVERS", cls.max_servers, 1, 10_000_000),
+            default_interval=reader.number("HEARTBEAT_DEFAULT_INTERVAL", cls.default_interval,
+                                           MIN_INTERVAL, MAX_INTERVAL),
+            rate_limit_burst=reader.integer("HEARTBEAT_RATE_LIMIT_BURST", cls.rate_limit_burst,
+                                            0, 10000),
+            forget_after_days=reader.number("HEARTBEAT_FORGET_AFTER_DAYS", 0.0, 0.0, 36500.0),
+            status_public=reader.boolean("HEARTBEAT_STATUS_PUBLIC", False),
+            log_level=reader.choice("HEARTBEAT_LOG_LEVEL", "info",
+                                    ("debug", "info", "warning", "error")),
+            pool_size=reader.integer("HEARTBEAT_DB_POOL_SIZE", cls.pool_size, 1, 100),
+            # Set by `heartbeat-bridge serve` so gunicorn workers share request metrics.
+            metrics_multiproc_dir=reader.raw("PROMETHEUS_MULTIPROC_DIR") or "",
+        )
+        return settings
+
+    @property
+    def auth_configured(self):
+        """True when beats need a token (fleet or per-server)."""
+        return not self.allow_unauthenticated
+
+    def describe(self):
+        """Settings as printable pairs, secrets masked."""
+        secret = {"fleet_tokens", "admin_token"}
+        out = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name in secret:
+                value = f"<{len(value)} set>" if f.name == "fleet_tokens" else (
+                    "<set>" if value else "<unset>")
+            out[f.name] = value
+        return out
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_BIND = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+|\*)?:(?P<port>\d{1,5})$")
+
+
+class _Reader:
+    """Typed accessors over one environment mapping."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def raw(self, name):
+        value = self.env.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def boolean(self, name, default):
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+    def integer(self, name, default, low, high):
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(f"{name}: must be between {low} and {high}, got {number}")
+        return number
+
+    def number(self, name, default, low, high):
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if not low <= number <= high:  # also rejects nan
+            raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {value}")
+        return number
+
+    def choice(self, name, default, options):
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in options:
+            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {value!r}")
+        return value.lower()
+
+    def bind(self, name, default):
+        value = self.raw(name) or default
+        match = _BIND.match(value)
+        if not match or not 1 <= int(match.group("port")) <= 65535:
+            raise ConfigError(f"{name}: expected host:port (for example 127.0.0.1:8000), "
+                              f"got {value!r}")
+        return value
+
+    def database_url(self, name, default):
+        value = self.raw(name) or default
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., got {value!r}")
+
+    def secret(self, name):
+        """A secret from NAME, or read from the file named by NAME_FILE (not both)."""
+        value = self.raw(name)
+        path = self.raw(name + "_FILE")
+        if value and path:
+            raise ConfigError(f"{name} and {name}_FILE are both set; set only one")
+        if path:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    value = handle.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE: cannot read {path!r}: {exc.strerror}") from None
+            if not value:
+                raise ConfigError(f"{name}_FILE: {path!r} is empty")
+        if value and len(value) < 8:
+            raise ConfigError(f"{name}: a token must be at least 8 characters")
+        return value or ""
+
+    def token_list(self, name):
+        """Comma-separated tokens (several are accepted at once during a rotation)."""
+        tokens = tuple(t.strip() for t in self.secret(name).split(",") if t.strip())
+        if any(len(t) < 8 for t in tokens):
+            raise ConfigError(f"{name}: a token must be at least 8 characters")
+        return tokens

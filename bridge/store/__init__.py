@@ -1,0 +1,134 @@
+"""The store: the source of truth for every server's heartbeat state.
+
+One interface (`Store`), one module per backend. Views, collector and CLI talk to
+the interface only; persistence details stay private to each backend. Every method
+is safe to call concurrently from several threads, processes and replicas.
+"""
+import time
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """Base of store failures."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached or written right now; nothing was changed."""
+
+
+class UnknownServerError(LookupError):
+    """No server with that id is registered."""
+
+
+class ServerExistsError(ValueError):
+    """A server with that id is registered already."""
+
+
+class ServerLimitError(RuntimeError):
+    """Registering one more server would pass the cardinality cap."""
+
+
+class RateLimitedError(RuntimeError):
+    """The server beats far faster than its interval; `retry_after` is in seconds."""
+
+    def __init__(self, retry_after):
+        super().__init__(f"rate limited, retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One server's state as stored; lateness is never stored, it is decided when read."""
+
+    server_id: str
+    labels: dict = field(default_factory=dict)
+    registered_interval: float = None
+    declared_interval: float = None
+    last_seen: float = 0.0
+    beats_total: int = 0
+    paused: bool = False
+    paused_until: float = None
+    pause_reason: str = None
+    created_at: float = 0.0
+    hostname: str = None
+    agent_version: str = None
+    boot_time: float = None
+    clock_skew: float = None
+    seq: int = None
+    has_token: bool = False
+
+    def interval(self, default):
+        """The promised interval: registered, else agent-declared, else the default."""
+        return self.registered_interval or self.declared_interval or default
+
+    def is_paused(self, now):
+        """Paused with no end, or paused until a time still to come."""
+        return self.paused and (self.paused_until is None or self.paused_until > now)
+
+    def as_dict(self, now, default_interval):
+        return {
+            "server_id": self.server_id,
+            "labels": self.labels,
+            "interval": self.interval(default_interval),
+            "registered_interval": self.registered_interval,
+            "declared_interval": self.declared_interval,
+            "last_seen": self.last_seen or None,
+            "beats_total": self.beats_total,
+            "paused": self.is_paused(now),
+            "paused_until": self.paused_until if self.is_paused(now) else None,
+            "pause_reason": self.pause_reason if self.is_paused(now) else None,
+            "registered_at": self.created_at,
+            "hostname": self.hostname,
+            "agent_version": self.agent_version,
+            "boot_time": self.boot_time,
+            "clock_skew": self.clock_skew,
+            "seq": self.seq,
+            "has_token": self.has_token,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything /metrics shows, read in one consistent transaction."""
+
+    servers: list
+    rejected: dict
+    taken_at: float
+
+
+@dataclass(frozen=True)
+class BeatPolicy:
+    """What record_beat enforces, from the settings."""
+
+    auto_register: bool = True
+    max_servers: int = 100000
+    rate_limit_burst: int = 10
+    default_interval: float = 30.0
+
+
+def open_store(url, clock=time.time, **options):
+    """A Store for a database URL: sqlite:///path or postgresql://..."""
+    if url.startswith("sqlite:///"):
+        from bridge.store.sqlite import SQLiteStore
+        return SQLiteStore(url[len("sqlite:///"):], clock=clock, **options)
+    if url.startswith(("postgresql://", "postgres://")):
+        from bridge.store.postgres import PostgresStore
+        return PostgresStore(url, clock=clock, **options)
+    raise ValueError(f"unsupported database URL: {url!r}")
+
+
+def rate_limit(tat, now, interval, burst):
+    """GCRA over one stored timestamp: (new_tat, None) if allowed, (tat, retry_after) if not.
+
+    A server may beat `burst` times per promised interval on average, with bursts of up to
+    `burst` beats; `burst` 0 turns the limit off.
+    """
+    if burst <= 0:
+        return tat, None
+    emission = interval / burst
+    tat = max(tat or 0.0, now)
+    if tat - now > interval - emission:
+        return tat, tat - now - (interval - emission)
+    return tat + emission, None

@@ -1,0 +1,277 @@
+"""The store's semantics in portable SQL; backends supply connections, locking and errors.
+
+SQL here uses `?` placeholders and types both SQLite and PostgreSQL accept, so the two
+backends share one schema and one implementation of every operation.
+"""
+import json
+import time
+from contextlib import contextmanager
+
+from bridge.store import (SCHEMA_VERSION, RateLimitedError, Server, ServerExistsError,
+                          ServerLimitError, Snapshot, StoreError, UnknownServerError, rate_limit)
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS servers (
+        server_id TEXT PRIMARY KEY,
+        labels TEXT NOT NULL DEFAULT '{}',
+        registered_interval DOUBLE PRECISION,
+        declared_interval DOUBLE PRECISION,
+        last_seen DOUBLE PRECISION NOT NULL DEFAULT 0,
+        beats_total BIGINT NOT NULL DEFAULT 0,
+        paused INTEGER NOT NULL DEFAULT 0,
+        paused_until DOUBLE PRECISION,
+        pause_reason TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        hostname TEXT,
+        agent_version TEXT,
+        boot_time DOUBLE PRECISION,
+        clock_skew DOUBLE PRECISION,
+        seq BIGINT,
+        token_hash TEXT,
+        prev_token_hash TEXT,
+        prev_token_until DOUBLE PRECISION,
+        rl_tat DOUBLE PRECISION
+    )""",
+    "CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count BIGINT NOT NULL)",
+]
+
+# Every column, in the order export_rows() yields and import_rows() takes them.
+ALL_COLUMNS = ("server_id", "labels", "registered_interval", "declared_interval", "last_seen",
+               "beats_total", "paused", "paused_until", "pause_reason", "created_at", "hostname",
+               "agent_version", "boot_time", "clock_skew", "seq", "token_hash",
+               "prev_token_hash", "prev_token_until", "rl_tat")
+_SERVER_SELECT = ("SELECT server_id, labels, registered_interval, declared_interval, last_seen, "
+                  "beats_total, paused, paused_until, pause_reason, created_at, hostname, "
+                  "agent_version, boot_time, clock_skew, seq, token_hash FROM servers")
+_UNSET = object()
+
+
+class SQLStore:
+    """Store operations over a DB-API connection; subclasses provide _transaction()."""
+
+    for_update = ""  # row lock clause for read-modify-write (PostgreSQL: " FOR UPDATE")
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+
+    # -- backend hooks -------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self, write):
+        """Yield a cursor inside one transaction (committed on success, rolled back on error)."""
+        raise NotImplementedError
+
+    def _lock(self, cur, name):
+        """Serialize writers that must not race across processes (schema, registration)."""
+
+    # -- schema --------------------------------------------------------------------------
+    def create_schema(self):
+        """Create or upgrade tables; safe when several workers or replicas start at once."""
+        with self._transaction(write=True) as cur:
+            self._lock(cur, "schema")
+            for statement in SCHEMA:
+                cur.execute(statement)
+            row = _one(cur, "SELECT value FROM meta WHERE key = 'schema_version'")
+            if row is None:
+                cur.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                            (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"the database schema is version {row[0]}, newer than this "
+                                 f"bridge understands ({SCHEMA_VERSION}); upgrade the bridge")
+
+    def ping(self):
+        """Raise StoreUnavailableError unless the database answers."""
+        with self._transaction(write=False) as cur:
+            cur.execute("SELECT 1")
+
+    # -- beats ---------------------------------------------------------------------------
+    def record_beat(self, server_id, beat, policy):
+        """Commit one accepted beat; return (received_at, interval). Safe concurrently."""
+        now = self.clock()
+        with self._transaction(write=True) as cur:
+            row = _one(cur, "SELECT registered_interval, declared_interval, rl_tat FROM servers "
+                            "WHERE server_id = ?" + self.for_update, (server_id,))
+            if row is None:
+                self._register_locked(cur, server_id, now, policy.max_servers,
+                                      missing=UnknownServerError if not policy.auto_register
+                                      else None)
+                row = (None, None, None)
+            registered, declared, tat = row
+            interval = registered or beat.interval or declared or policy.default_interval
+            tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
+            if retry_after is not None:
+                raise RateLimitedError(retry_after)
+            skew = None if beat.sent_at is None else beat.sent_at - now
+            cur.execute(
+                "UPDATE servers SET last_seen = ?, beats_total = beats_total + 1, rl_tat = ?, "
+                "declared_interval = COALESCE(?, declared_interval), "
+                "hostname = COALESCE(?, hostname), agent_version = COALESCE(?, agent_version), "
+                "boot_time = COALESCE(?, boot_time), clock_skew = COALESCE(?, clock_skew), "
+                "seq = COALESCE(?, seq) WHERE server_id = ?",
+                (now, tat, beat.interval, beat.hostname, beat.agent_version, beat.boot_time,
+                 skew, beat.seq, server_id))
+        return now, interval
+
+    def add_rejections(self, counts):
+        """Add {reason: n} to the shared rejection counters."""
+        if not counts:
+            return
+        with self._transaction(write=True) as cur:
+            for reason, n in sorted(counts.items()):
+                cur.execute("INSERT INTO rejections (reason, count) VALUES (?, ?) "
+                            "ON CONFLICT (reason) DO UPDATE SET count = rejections.count + excluded.count",
+                            (reason, n))
+
+    # -- reads ---------------------------------------------------------------------------
+    def snapshot(self):
+        """All servers and counters, from one transaction."""
+        with self._transaction(write=False) as cur:
+            cur.execute(_SERVER_SELECT + " ORDER BY server_id")
+            rows = cur.fetchall()
+            cur.execute("SELECT reason, count FROM rejections")
+            rejected = dict(cur.fetchall())
+        labels_cache = {}
+        return Snapshot([_server(r, labels_cache) for r in rows], rejected, self.clock())
+
+    def list(self):
+        return self.snapshot().servers
+
+    def get(self, server_id):
+        with self._transaction(write=False) as cur:
+            row = _one(cur, _SERVER_SELECT + " WHERE server_id = ?", (server_id,))
+        if row is None:
+            raise UnknownServerError(server_id)
+        return _server(row, {})
+
+    def token_hashes(self, server_id):
+        """The per-server token hashes valid now (current, and the previous during a rotation)."""
+        with self._transaction(write=False) as cur:
+            row = _one(cur, "SELECT token_hash, prev_token_hash, prev_token_until FROM servers "
+                            "WHERE server_id = ?", (server_id,))
+        if row is None:
+            return []
+        current, previous, until = row
+        valid = [current] if current else []
+        if previous and until and until > self.clock():
+            valid.append(previous)
+        return valid
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def register(self, server_id, interval=None, labels=None, token_hash=None,
+                 max_servers=100000):
+        """Add a server that has never beaten; raise ServerExistsError if it is known."""
+        now = self.clock()
+        with self._transaction(write=True) as cur:
+            if _one(cur, "SELECT 1 FROM servers WHERE server_id = ?", (server_id,)):
+                raise ServerExistsError(server_id)
+            self._register_locked(cur, server_id, now, max_servers)
+            cur.execute("UPDATE servers SET registered_interval = ?, labels = ?, token_hash = ? "
+                        "WHERE server_id = ?",
+                        (interval, _dump_labels(labels or {}), token_hash, server_id))
+        return self.get(server_id)
+
+    def update(self, server_id, labels=_UNSET, interval=_UNSET):
+        """Replace a server's operator labels and/or registered interval (None: agent's)."""
+        sets, params = [], []
+        if labels is not _UNSET:
+            sets.append("labels = ?")
+            params.append(_dump_labels(labels))
+        if interval is not _UNSET:
+            sets.append("registered_interval = ?")
+            params.append(interval)
+        if sets:
+            self._update(server_id, ", ".join(sets), params)
+        return self.get(server_id)
+
+    def pause(self, server_id, until=None, reason=None):
+        """Pause alerting for a server, until a Unix time or (until=None) until resumed."""
+        self._update(server_id, "paused = 1, paused_until = ?, pause_reason = ?", [until, reason])
+        return self.get(server_id)
+
+    def resume(self, server_id):
+        self._update(server_id, "paused = 0, paused_until = NULL, pause_reason = NULL", [])
+        return self.get(server_id)
+
+    def set_token(self, server_id, token_hash, keep_previous_for=0.0):
+        """Set (or with None, revoke) a server's token; the old one may stay valid a while."""
+        if keep_previous_for:
+            self._update(server_id, "prev_token_hash = token_hash, prev_token_until = ?, "
+                                    "token_hash = ?", [self.clock() + keep_previous_for, token_hash])
+        else:
+            self._update(server_id, "prev_token_hash = NULL, prev_token_until = NULL, "
+                                    "token_hash = ?", [token_hash])
+        return self.get(server_id)
+
+    def remove(self, server_id):
+        with self._transaction(write=True) as cur:
+            cur.execute("DELETE FROM servers WHERE server_id = ?", (server_id,))
+            if cur.rowcount == 0:
+                raise UnknownServerError(server_id)
+
+    def forget_silent(self, silent_for):
+        """Remove servers not heard from (nor registered) for `silent_for` seconds; count them."""
+        cutoff = self.clock() - silent_for
+        with self._transaction(write=True) as cur:
+            cur.execute("DELETE FROM servers WHERE CASE WHEN last_seen > created_at "
+                        "THEN last_seen ELSE created_at END < ?", (cutoff,))
+            return cur.rowcount
+
+    # -- moving state between stores -----------------------------------------------------
+    def export_rows(self):
+        """Every server row as a tuple in ALL_COLUMNS order, and the rejection counters."""
+        with self._transaction(write=False) as cur:
+            cur.execute(f"SELECT {', '.join(ALL_COLUMNS)} FROM servers ORDER BY server_id")
+            rows = cur.fetchall()
+            cur.execute("SELECT reason, count FROM rejections")
+            return rows, dict(cur.fetchall())
+
+    def import_rows(self, rows, rejected):
+        """Insert or overwrite servers from export_rows(); counters are added."""
+        placeholders = ", ".join("?" for _ in ALL_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ALL_COLUMNS[1:])
+        with self._transaction(write=True) as cur:
+            for row in rows:
+                cur.execute(f"INSERT INTO servers ({', '.join(ALL_COLUMNS)}) VALUES "
+                            f"({placeholders}) ON CONFLICT (server_id) DO UPDATE SET {updates}",
+                            tuple(row))
+        self.add_rejections(rejected)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _register_locked(self, cur, server_id, now, max_servers, missing=None):
+        if missing is not None:
+            raise missing(server_id)
+        self._lock(cur, "register")
+        (count,) = _one(cur, "SELECT COUNT(*) FROM servers")
+        if count >= max_servers:
+            raise ServerLimitError(f"{count} servers registered, limit {max_servers}")
+        cur.execute("INSERT INTO servers (server_id, created_at) VALUES (?, ?) "
+                    "ON CONFLICT (server_id) DO NOTHING", (server_id, now))
+        # Another replica may have inserted it first; take the row lock either way.
+        _one(cur, "SELECT 1 FROM servers WHERE server_id = ?" + self.for_update, (server_id,))
+
+    def _update(self, server_id, assignments, params):
+        with self._transaction(write=True) as cur:
+            cur.execute(f"UPDATE servers SET {assignments} WHERE server_id = ?",
+                        (*params, server_id))
+            if cur.rowcount == 0:
+                raise UnknownServerError(server_id)
+
+
+def _one(cur, sql, params=()):
+    cur.execute(sql, params)
+    return cur.fetchone()
+
+
+def _dump_labels(labels):
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+def _server(row, labels_cache):
+    (server_id, labels, registered, declared, last_seen, beats, paused, paused_until, reason,
+     created, hostname, agent_version, boot_time, skew, seq, token_hash) = row
+    parsed = labels_cache.get(labels)
+    if parsed is None:
+        parsed = labels_cache[labels] = json.loads(labels)
+    return Server(server_id, parsed, registered, declared, last_seen, beats, bool(paused),
+                  paused_until, reason, created, hostname, agent_version, boot_time, skew, seq,
+                  token_hash is not None)

@@ -1,0 +1,155 @@
+"""Input rules shared by the beat endpoint, the admin API and the CLI (no Flask here)."""
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from bridge.config import MAX_INTERVAL, MIN_INTERVAL
+
+MAX_BODY_BYTES = 4096
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 256
+MAX_HOSTNAME = 255
+MAX_AGENT_VERSION = 64
+SERVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$")
+RESERVED_LABELS = frozenset({"server_id", "job", "instance", "le", "quantile", "hostname",
+                             "agent_version", "reason", "version", "python_version"})
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class InvalidInputError(ValueError):
+    """Input that the bridge refuses; `reason` is one of the bounded rejection reasons."""
+
+    def __init__(self, reason, message, status=400):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Beat:
+    """The optional facts an agent reports with a beat; None where not reported."""
+
+    interval: float = None
+    seq: int = None
+    boot_time: float = None
+    sent_at: float = None
+    hostname: str = None
+    agent_version: str = None
+
+
+def check_server_id(server_id):
+    """Raise InvalidInputError unless server_id is 1-128 of [A-Za-z0-9._-], letter/digit first."""
+    if not isinstance(server_id, str) or not SERVER_ID.match(server_id):
+        raise InvalidInputError(
+            "invalid_server_id",
+            "server_id must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit")
+    return server_id
+
+
+def check_interval(value, field="interval"):
+    """A number of seconds between MIN_INTERVAL and MAX_INTERVAL."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError("invalid_field", f"{field} must be a number of seconds", 422)
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise InvalidInputError(
+            "invalid_field", f"{field} must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} s", 422)
+    return float(value)
+
+
+def check_labels(labels):
+    """Operator labels: a small dict of Prometheus label names to string values."""
+    if not isinstance(labels, dict):
+        raise InvalidInputError("invalid_field", "labels must be an object of name: value", 422)
+    if len(labels) > MAX_LABELS:
+        raise InvalidInputError("invalid_field", f"at most {MAX_LABELS} labels", 422)
+    for name, value in labels.items():
+        if not LABEL_NAME.match(name) or name.startswith("__"):
+            raise InvalidInputError(
+                "invalid_field", f"label name {name!r} must match [a-zA-Z_][a-zA-Z0-9_]* "
+                "(at most 64 characters) and not start with '__'", 422)
+        if name in RESERVED_LABELS:
+            raise InvalidInputError("invalid_field", f"label name {name!r} is reserved", 422)
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE or _has_control(value):
+            raise InvalidInputError(
+                "invalid_field", f"label {name!r} must be a string of at most "
+                f"{MAX_LABEL_VALUE} printable characters", 422)
+    return dict(sorted(labels.items()))
+
+
+def parse_duration(value, field="duration"):
+    """Seconds from a number or a string such as '90', '15m', '2h', '1d'."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.match(value.strip()):
+        number, unit = _DURATION.match(value.strip()).groups()
+        seconds = float(number) * _UNITS[unit]
+    else:
+        raise InvalidInputError("invalid_field",
+                                f"{field} must be seconds or a duration like 15m, 2h, 1d", 422)
+    if not math.isfinite(seconds) or not 0 < seconds <= 366 * 86400:
+        raise InvalidInputError("invalid_field", f"{field} must be between 1 s and 366 days", 422)
+    return seconds
+
+
+def parse_beat(body, content_type):
+    """Validate a beat body (bytes, already size-checked); unknown fields are ignored."""
+    if not body.strip():
+        return Beat()
+    mimetype = (content_type or "").split(";")[0].strip().lower()
+    if mimetype != "application/json":
+        raise InvalidInputError("unsupported_media_type",
+                                "a beat body must be JSON (Content-Type: application/json)", 415)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInputError("invalid_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError("invalid_json", "the body must be a JSON object")
+    return Beat(
+        interval=_optional(data, "interval", check_interval),
+        seq=_optional(data, "seq", _check_seq),
+        boot_time=_optional(data, "boot_time", _check_timestamp("boot_time")),
+        sent_at=_optional(data, "sent_at", _check_timestamp("sent_at")),
+        hostname=_optional(data, "hostname", _check_text("hostname", MAX_HOSTNAME)),
+        agent_version=_optional(data, "agent_version",
+                                _check_text("agent_version", MAX_AGENT_VERSION)),
+    )
+
+
+def _optional(data, name, check):
+    value = data.get(name)
+    return None if value is None else check(value)
+
+
+def _check_seq(value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise InvalidInputError("invalid_field", "seq must be a non-negative integer", 422)
+    return value
+
+
+def _check_timestamp(name):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or not 0 <= value < 2**33:
+            raise InvalidInputError("invalid_field", f"{name} must be a Unix time in seconds", 422)
+        return float(value)
+    return check
+
+
+def _check_text(name, limit):
+    def check(value):
+        if not isinstance(value, str) or len(value) > limit or _has_control(value):
+            raise InvalidInputError(
+                "invalid_field", f"{name} must be a string of at most {limit} printable "
+                "characters", 422)
+        return value
+    return check
+
+
+def _has_control(text):
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
