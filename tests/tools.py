@@ -82,7 +82,7 @@ class Process:
     def log(self):
         return self.log_path.read_text(errors="replace")
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         if self.running():
             os.kill(self.proc.pid, sig)
 

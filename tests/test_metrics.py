@@ -1,0 +1,150 @@
+"""Every metric, asserted through real /metrics output (text, OpenMetrics, gzip, promtool)."""
+import gzip
+import platform
+import subprocess
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import __version__
+from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.tools import require_binary
+
+AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def scrape(client, **kwargs):
+    response = client.get("/metrics", **kwargs)
+    assert response.status_code == 200
+    return response
+
+
+def sample_map(text, parse=text_string_to_metric_families):
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parse(text) for s in family.samples}
+
+
+def value(samples, name, **labels):
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def fleet(client, clock):
+    """web-1 beat twice with every field; db-1 registered with labels, paused, never seen."""
+    start = clock.now
+    client.post("/api/heartbeat/web-1/", headers=AUTH, json={
+        "interval": 15, "boot_time": start - 3600, "sent_at": start + 1.5,
+        "hostname": "web-1.example.org", "agent_version": "0.1.0", "seq": 0})
+    clock.advance(15)
+    client.post("/api/heartbeat/web-1/", headers=AUTH, json={"interval": 15, "seq": 1})
+    client.post("/api/servers", headers=ADMIN, json={
+        "server_id": "db-1", "interval": 60, "labels": {"team": "db", "env": "prod"}})
+    client.post("/api/servers/db-1/pause", headers=ADMIN, json={"for": "2h",
+                                                                "reason": "disk swap"})
+    client.post("/api/heartbeat/bad id/", headers=AUTH)  # one rejection
+    return start
+
+
+def test_every_per_server_metric_has_its_documented_value(client, clock, fleet):
+    s = sample_map(scrape(client).get_data(as_text=True))
+    web = {"server_id": "web-1"}
+    db = {"server_id": "db-1", "team": "db", "env": "prod"}
+    assert value(s, "heartbeat_last_seen_seconds", **web) == fleet + 15
+    assert value(s, "heartbeat_interval_seconds", **web) == 15
+    assert value(s, "heartbeat_beats_total", **web) == 2
+    assert value(s, "heartbeat_paused", **web) == 0
+    assert value(s, "heartbeat_maintenance_until_seconds", **web) == 0
+    assert value(s, "heartbeat_registered_timestamp_seconds", **web) == fleet
+    assert value(s, "heartbeat_boot_time_seconds", **web) == fleet - 3600
+    assert value(s, "heartbeat_clock_skew_seconds", **web) == pytest.approx(1.5)
+    assert value(s, "heartbeat_agent_info", server_id="web-1", hostname="web-1.example.org",
+                 agent_version="0.1.0") == 1
+    # registered, labelled, paused, never seen
+    assert value(s, "heartbeat_last_seen_seconds", **db) == 0
+    assert value(s, "heartbeat_interval_seconds", **db) == 60
+    assert value(s, "heartbeat_beats_total", **db) == 0
+    assert value(s, "heartbeat_paused", **db) == 1
+    assert value(s, "heartbeat_maintenance_until_seconds", **db) == clock.now + 7200
+    assert value(s, "heartbeat_agent_info", server_id="db-1", hostname="", agent_version="") == 1
+    assert ("heartbeat_boot_time_seconds", tuple(sorted(db.items()))) not in s
+
+
+def test_bridge_level_metrics(client, fleet):
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert value(s, "heartbeat_registered_servers") == 2
+    assert value(s, "heartbeat_paused_servers") == 1
+    assert value(s, "heartbeat_max_servers") == 100000
+    assert value(s, "heartbeat_rejected_total", reason="invalid_server_id") == 1
+    assert value(s, "heartbeat_store_up") == 1
+    assert 0 <= value(s, "heartbeat_scrape_duration_seconds") < 5
+    assert value(s, "heartbeat_bridge_build_info", version=__version__,
+                 python_version=platform.python_version()) == 1
+    assert value(s, "heartbeat_bridge_http_requests_total", handler="beat.beat", code="200") == 2
+
+
+def test_a_timed_pause_ends_by_itself(client, clock, fleet):
+    clock.advance(7201)
+    s = sample_map(scrape(client).get_data(as_text=True))
+    db = {"server_id": "db-1", "team": "db", "env": "prod"}
+    assert value(s, "heartbeat_paused", **db) == 0
+    assert value(s, "heartbeat_maintenance_until_seconds", **db) == 0
+    assert value(s, "heartbeat_paused_servers") == 0
+
+
+def test_removed_servers_disappear_at_once(client, fleet):
+    assert client.delete("/api/servers/web-1", headers=ADMIN).status_code == 204
+    text = scrape(client).get_data(as_text=True)
+    assert 'server_id="web-1"' not in text
+    assert 'server_id="db-1"' in text
+
+
+def test_relabelled_servers_change_at_once(client, fleet):
+    client.patch("/api/servers/db-1", headers=ADMIN, json={"labels": {"team": "storage"}})
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert value(s, "heartbeat_paused", server_id="db-1", team="storage") == 1
+    assert not any(dict(k[1]).get("team") == "db" for k in s)
+
+
+def test_openmetrics_is_negotiated(client, fleet):
+    response = scrape(client, headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.content_type.startswith("application/openmetrics-text")
+    text = response.get_data(as_text=True)
+    assert text.endswith("# EOF\n")
+    s = sample_map(text, om_parse)
+    assert value(s, "heartbeat_beats_total", server_id="web-1") == 2
+
+
+def test_gzip_is_served_when_asked(client, fleet):
+    response = scrape(client, headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert b"heartbeat_beats_total" in gzip.decompress(response.get_data())
+
+
+def test_samples_carry_no_timestamps(client, fleet):
+    for family in text_string_to_metric_families(scrape(client).get_data(as_text=True)):
+        assert all(s.timestamp is None for s in family.samples)
+
+
+NASTY_LABELS = {"team": 'quote " backslash \\ newline-free', "env": "ünïcödé ✓", "site": ""}
+
+
+def test_values_that_need_escaping_come_out_valid(client, tmp_path):
+    require_binary("promtool")
+    assert client.post("/api/servers", headers=ADMIN, json={
+        "server_id": "a.b_c-D9", "labels": NASTY_LABELS}).status_code == 201
+    client.post("/api/heartbeat/a.b_c-D9/", headers=AUTH, json={
+        "hostname": 'host"with\\quotes', "agent_version": "1.0 {beta}"})
+    text = scrape(client).get_data(as_text=True)
+    s = sample_map(text)
+    assert value(s, "heartbeat_beats_total", server_id="a.b_c-D9", **NASTY_LABELS) == 1
+    assert value(s, "heartbeat_agent_info", server_id="a.b_c-D9", hostname='host"with\\quotes',
+                 agent_version="1.0 {beta}") == 1
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metrics_refuses_other_methods(client):
+    assert client.post("/metrics").status_code == 405
