@@ -1,4 +1,5 @@
 """gunicorn settings for `heartbeat-bridge serve`, taken from the bridge's own settings."""
+import logging
 import shutil
 
 from prometheus_client import multiprocess
@@ -25,6 +26,14 @@ control_socket_disable = True
 limit_request_line = 2048
 limit_request_fields = 50
 limit_request_field_size = 4096
+
+
+def post_fork(server, worker):
+    """The bridge's own log lines go where gunicorn's error log goes, at the same level."""
+    logger = logging.getLogger("bridge")
+    logger.handlers = list(worker.log.error_log.handlers)
+    logger.setLevel(worker.log.error_log.level)
+    logger.propagate = False
 
 
 def child_exit(server, worker):
