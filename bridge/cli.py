@@ -75,6 +75,23 @@ def serve(args, settings):
     os.execve(sys.executable, argv, env)
 
 
+def healthcheck(args, settings):
+    """Exit 0 when the local bridge answers /healthz (for container HEALTHCHECK, no curl)."""
+    import urllib.request
+    host, _, port = settings.bind.rpartition(":")
+    host = {"": "127.0.0.1", "*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(
+        host, host)
+    url = f"http://{host}:{port}{args.path}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            ok = response.status == 200
+    except OSError as exc:
+        print(f"heartbeat-bridge: {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}: {'ok' if ok else 'not ok'}")
+    return 0 if ok else 1
+
+
 def check_config(args, settings):
     for name, value in settings.describe().items():
         print(f"{name} = {value}")
@@ -196,6 +213,9 @@ def _parser():
 
     command(sub, "serve", serve, "run the bridge under gunicorn (settings from HEARTBEAT_*)")
     command(sub, "check-config", check_config, "print the settings and check the store")
+    p = command(sub, "healthcheck", healthcheck, "ask the local bridge's /healthz (exit 0 if ok)")
+    p.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
+    p.add_argument("--timeout", type=float, default=3.0)
 
     servers = sub.add_parser("servers", help="register, label, pause and remove servers")
     ssub = servers.add_subparsers(metavar="ACTION", required=True)
