@@ -31,6 +31,7 @@ class Settings:
     rate_limit_burst: int = 10
     forget_after_days: float = 0.0
     status_public: bool = False
+    status_token: str = ""
     log_level: str = "info"
     pool_size: int = 4
     metrics_multiproc_dir: str = ""
@@ -59,6 +60,8 @@ class Settings:
                                             0, 10000),
             forget_after_days=reader.number("HEARTBEAT_FORGET_AFTER_DAYS", 0.0, 0.0, 36500.0),
             status_public=reader.boolean("HEARTBEAT_STATUS_PUBLIC", False),
+            # A read-only token for the status page, to share without the admin token.
+            status_token=reader.secret("HEARTBEAT_STATUS_TOKEN"),
             log_level=reader.choice("HEARTBEAT_LOG_LEVEL", "info",
                                     ("debug", "info", "warning", "error")),
             pool_size=reader.integer("HEARTBEAT_DB_POOL_SIZE", cls.pool_size, 1, 100),
@@ -74,7 +77,7 @@ class Settings:
 
     def describe(self):
         """Settings as printable pairs, secrets masked."""
-        secret = {"fleet_tokens", "admin_token"}
+        secret = {"fleet_tokens", "admin_token", "status_token"}
         out = {}
         for f in fields(self):
             if f.name == "extra":
