@@ -1,0 +1,219 @@
+// Fleet status page: reads /api/status every few seconds and renders it; no dependencies.
+// Data is written with textContent only, never as HTML.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const API = body.dataset.api;
+  const REFRESH_MS = Number(body.dataset.refresh || 5) * 1000;
+  const STATE_TEXT = {
+    up: "Up", late: "Late", down: "Down", never_seen: "Never seen", paused: "Paused",
+  };
+  const STATE_ORDER = ["down", "late", "never_seen", "paused", "up"];
+
+  const view = { data: null, sort: "state", descending: false, terms: [] };
+  const tbody = document.querySelector("#servers tbody");
+  const filterBox = document.getElementById("filter");
+
+  // ---- formatting -------------------------------------------------------------
+
+  function duration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 120) return s + " s";
+    if (s < 7200) return Math.round(s / 60) + " min";
+    if (s < 172800) return Math.round(s / 3600) + " h";
+    return Math.round(s / 86400) + " d";
+  }
+
+  function isoUtc(unix) {
+    return new Date(unix * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
+  }
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = text;
+    if (className) node.className = className;
+    return node;
+  }
+
+  // A relative time whose exact UTC time shows on hover and is machine readable.
+  function timeAgo(unix, secondsAgo, prefix) {
+    const node = el("time", (prefix || "") + duration(secondsAgo) + " ago");
+    node.dateTime = isoUtc(unix);
+    node.title = isoUtc(unix) + " (UTC)";
+    return node;
+  }
+
+  // ---- filter and sort ----------------------------------------------------------
+
+  function labelPairs(row) {
+    return Object.keys(row.labels).sort().map((name) => name + "=" + row.labels[name]);
+  }
+
+  // Every term must match: `name=value` an operator label exactly, else free text anywhere.
+  function matches(row, terms) {
+    const haystack = [row.server_id, STATE_TEXT[row.state], row.state, row.hostname || "",
+      row.agent_version || "", row.pause_reason || ""].concat(labelPairs(row))
+      .join("\n").toLowerCase();
+    return terms.every((term) => {
+      const eq = term.indexOf("=");
+      if (eq > 0) {
+        const name = term.slice(0, eq);
+        const value = term.slice(eq + 1);
+        return Object.keys(row.labels).some((key) =>
+          key.toLowerCase() === name && row.labels[key].toLowerCase() === value);
+      }
+      return haystack.includes(term);
+    });
+  }
+
+  function silence(row) {
+    return row.seconds_since_last_seen === null ? Infinity : row.seconds_since_last_seen;
+  }
+
+  const COMPARE = {
+    server_id: (a, b) => a.server_id.localeCompare(b.server_id),
+    state: (a, b) => STATE_ORDER.indexOf(a.state) - STATE_ORDER.indexOf(b.state),
+    last_seen: (a, b) => silence(a) - silence(b) || 0,
+  };
+
+  function sorted(rows) {
+    const compare = COMPARE[view.sort];
+    const sign = view.descending ? -1 : 1;
+    return rows.slice().sort((a, b) =>
+      sign * compare(a, b) || a.server_id.localeCompare(b.server_id));
+  }
+
+  // ---- rendering --------------------------------------------------------------
+
+  function cell(row, label, content, tag) {
+    const td = el(tag || "td");
+    td.dataset.label = label;
+    if (tag === "th") td.scope = "row";
+    [].concat(content).forEach((part) => {
+      td.append(typeof part === "string" ? document.createTextNode(part) : part);
+    });
+    return td;
+  }
+
+  function stateCell(row) {
+    const parts = [el("span", STATE_TEXT[row.state], "badge state-" + row.state)];
+    if (row.state === "paused" && row.paused_until) {
+      parts.push(el("span", " until ", "detail"));
+      parts.push(timeIn(row.paused_until));
+    }
+    if (row.state === "paused" && row.pause_reason) {
+      parts.push(el("span", row.pause_reason, "detail reason"));
+    }
+    return parts;
+  }
+
+  function timeIn(unix) {
+    const node = el("time", isoUtc(unix).replace("T", " ").replace("Z", " UTC"), "detail");
+    node.dateTime = isoUtc(unix);
+    return node;
+  }
+
+  function agentCell(row) {
+    const parts = [];
+    if (row.hostname) parts.push(el("span", row.hostname, "host"));
+    if (row.agent_version) parts.push(el("span", "agent " + row.agent_version, "detail"));
+    return parts.length ? parts : ["-"];
+  }
+
+  function labelsCell(row) {
+    const pairs = labelPairs(row);
+    return pairs.length ? pairs.map((pair) => el("span", pair, "label")) : ["-"];
+  }
+
+  function renderRow(row, now) {
+    const tr = el("tr", null, "state-" + row.state);
+    tr.dataset.serverId = row.server_id;
+    tr.dataset.state = row.state;
+    const lastSeen = row.last_seen ? timeAgo(row.last_seen, row.seconds_since_last_seen)
+      : el("span", "never", "detail");
+    const booted = row.boot_time ? timeAgo(row.boot_time, now - row.boot_time) : "-";
+    tr.append(
+      cell(row, "Server", row.server_id, "th"),
+      cell(row, "State", stateCell(row)),
+      cell(row, "Last seen", lastSeen),
+      cell(row, "Interval", duration(row.interval)),
+      cell(row, "Labels", labelsCell(row)),
+      cell(row, "Agent", agentCell(row)),
+      cell(row, "Booted", booted),
+    );
+    return tr;
+  }
+
+  function render() {
+    const data = view.data;
+    if (!data) return;
+    Object.keys(STATE_TEXT).forEach((state) => {
+      document.getElementById("count-" + state).textContent = data.counts[state];
+    });
+    const shown = sorted(data.servers.filter((row) => matches(row, view.terms)));
+    tbody.replaceChildren(...shown.map((row) => renderRow(row, data.generated_at)));
+    document.getElementById("empty").hidden = shown.length > 0;
+    document.getElementById("shown").textContent = view.terms.length
+      ? shown.length + " of " + data.counts.total + " shown"
+      : data.counts.total + " servers";
+    document.querySelectorAll("th[aria-sort]").forEach((th) => {
+      const active = th.querySelector("button").dataset.sort === view.sort;
+      th.setAttribute("aria-sort", !active ? "none" : view.descending ? "descending" : "ascending");
+      th.querySelector(".arrow").textContent = !active ? "" : view.descending ? " \u25BC" : " \u25B2";
+    });
+  }
+
+  // ---- data -------------------------------------------------------------------
+
+  function setUpdated(text, stale) {
+    const node = document.getElementById("updated");
+    node.textContent = text;
+    node.classList.toggle("stale", stale);
+  }
+
+  async function refresh() {
+    try {
+      const response = await fetch(API, {
+        headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
+      });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      view.data = await response.json();
+      render();
+      setUpdated("Updated " + isoUtc(view.data.generated_at).slice(11, 19) + " UTC, refreshed every "
+        + REFRESH_MS / 1000 + " s", false);
+    } catch (err) {
+      const since = view.data ? " - showing data from "
+        + isoUtc(view.data.generated_at).slice(11, 19) + " UTC" : "";
+      setUpdated("Could not refresh (" + err.message + ")" + since, true);
+    }
+  }
+
+  function loop() {
+    const next = () => setTimeout(loop, REFRESH_MS);
+    if (document.hidden) { next(); return; }
+    refresh().finally(next);
+  }
+
+  // ---- wiring -----------------------------------------------------------------
+
+  filterBox.addEventListener("input", () => {
+    view.terms = filterBox.value.toLowerCase().split(/\s+/).filter(Boolean);
+    render();
+  });
+
+  document.querySelectorAll("th button[data-sort]").forEach((button) => {
+    button.addEventListener("click", () => {
+      const key = button.dataset.sort;
+      view.descending = view.sort === key ? !view.descending : false;
+      view.sort = key;
+      render();
+    });
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) refresh();
+  });
+
+  loop();
+})();

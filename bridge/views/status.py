@@ -1,0 +1,92 @@
+"""The fleet status page `/` and the JSON it reads, `/api/status`.
+
+Protected unless HEARTBEAT_STATUS_PUBLIC is true: the status token or the admin token,
+as `Authorization: Bearer <token>` or as the password of HTTP basic auth (any user
+name), which browsers can send. With protection on and neither token set, both
+answer 404 saying how to turn the page on.
+"""
+import hmac
+
+from flask import Blueprint, jsonify, render_template, request
+
+from bridge.auth import hash_token
+from bridge.status import DOWN_AFTER, LATE_AFTER, fleet_status
+from bridge.views import error, state
+
+bp = Blueprint("status", __name__)
+
+REFRESH_SECONDS = 5
+REALM = 'realm="heartbeat-bridge status", charset="UTF-8"'
+# Everything comes from this origin; the page can be framed by nobody.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                           "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+                           "form-action 'none'; frame-ancestors 'none'")
+
+
+@bp.before_request
+def require_access():
+    settings = state().settings
+    if settings.status_public:
+        return None
+    tokens = [t for t in (settings.status_token, settings.admin_token) if t]
+    if not tokens:
+        return error("status_disabled", 404,
+                     "the status page is off: set HEARTBEAT_STATUS_TOKEN (or "
+                     "HEARTBEAT_ADMIN_TOKEN) to protect it, or HEARTBEAT_STATUS_PUBLIC=true "
+                     "to make it public")
+    if not _token_matches(_presented_token(), tokens):
+        scheme = "Bearer" if request.path.startswith("/api/") else "Basic"
+        return error("invalid_token", 401,
+                     "send Authorization: Bearer <status or admin token>, or HTTP basic auth "
+                     "with any user name and the token as password",
+                     {"WWW-Authenticate": f"{scheme} {REALM}"})
+    return None
+
+
+@bp.after_request
+def no_caching(response):
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+def _presented_token():
+    """The bearer token, or the basic-auth password; None when neither was sent."""
+    auth = request.authorization
+    if auth is None:
+        return None
+    if auth.type == "bearer":
+        return auth.token
+    if auth.type == "basic":
+        return auth.password
+    return None
+
+
+def _token_matches(presented, tokens):
+    """Constant time over every candidate (no early exit)."""
+    if not presented:
+        return False
+    presented_hash = hash_token(presented)
+    found = False
+    for token in tokens:
+        found |= hmac.compare_digest(presented_hash, hash_token(token))
+    return found
+
+
+@bp.get("/")
+def page():
+    """The HTML shell; status.js fills it from /api/status and refreshes it."""
+    return render_template("status.html", refresh_seconds=REFRESH_SECONDS,
+                           late_after=LATE_AFTER, down_after=DOWN_AFTER)
+
+
+@bp.get("/api/status")
+def status_json():
+    """Counts per state, every server with its state, and the thresholds used."""
+    hb = state()
+    servers = hb.store.list()
+    now = hb.store.clock()  # after the read, so no beat read is newer than `now`
+    return jsonify(fleet_status(servers, now, hb.settings.default_interval))
