@@ -13,7 +13,7 @@ from bridge.collector import HeartbeatCollector
 from bridge.config import Settings
 from bridge.rejections import RejectionCounter
 from bridge.store import BeatPolicy, open_store
-from bridge.views import admin, beat, errors, health
+from bridge.views import admin, beat, errors, health, status
 from bridge.views.metrics import metrics_wsgi
 
 log = logging.getLogger("bridge")
@@ -76,7 +76,7 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
     app.extensions["heartbeat"] = bridge_state
     errors.init_app(app)
     http_metrics.init_app(app, registry, multiproc_dir or settings.metrics_multiproc_dir)
-    for blueprint in (beat.bp, admin.bp, health.bp):
+    for blueprint in (beat.bp, admin.bp, health.bp, status.bp):
         app.register_blueprint(blueprint)
 
     @app.get("/api")
