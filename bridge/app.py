@@ -13,7 +13,9 @@ from bridge.collector import HeartbeatCollector
 from bridge.config import Settings
 from bridge.rejections import RejectionCounter
 from bridge.store import BeatPolicy, open_store
-from bridge.views import admin, beat, errors, health, status
+from bridge.views import admin, errors, health, status
+from bridge.views.beat import PREFIX as BEAT_PREFIX
+from bridge.views.beat import BeatEndpoint
 from bridge.views.metrics import metrics_wsgi
 
 log = logging.getLogger("bridge")
@@ -75,8 +77,9 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
     app.json.sort_keys = False
     app.extensions["heartbeat"] = bridge_state
     errors.init_app(app)
-    http_metrics.init_app(app, registry, multiproc_dir or settings.metrics_multiproc_dir)
-    for blueprint in (beat.bp, admin.bp, health.bp, status.bp):
+    observe = http_metrics.init_app(app, registry,
+                                    multiproc_dir or settings.metrics_multiproc_dir)
+    for blueprint in (admin.bp, health.bp, status.bp):
         app.register_blueprint(blueprint)
 
     @app.get("/api")
@@ -85,6 +88,8 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
                        endpoints=["/api/heartbeat/<server_id>/", "/api/servers", "/metrics",
                                   "/healthz", "/readyz"])
 
-    app.wsgi_app = DispatcherMiddleware(app.wsgi_app,
-                                        {"/metrics": metrics_wsgi(registry, bridge_state)})
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {
+        "/metrics": metrics_wsgi(registry, bridge_state),
+        BEAT_PREFIX: BeatEndpoint(bridge_state, observe),
+    })
     return app

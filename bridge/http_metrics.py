@@ -11,6 +11,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 
 def init_app(app, registry, multiproc_dir=None):
+    """Count and time every Flask request; return observe(handler, code, seconds) for others."""
     target = None if multiproc_dir else registry
     if multiproc_dir:
         MultiProcessCollector(registry, path=multiproc_dir)
@@ -21,15 +22,20 @@ def init_app(app, registry, multiproc_dir=None):
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                   1.0, 2.5))
 
+    def observe(handler, code, seconds):
+        requests_total.labels(handler, str(code)).inc()
+        duration.labels(handler).observe(seconds)
+
     @app.before_request
     def start_timer():
         g.request_started = time.perf_counter()
 
     @app.after_request
-    def observe(response):
-        handler = request.url_rule.endpoint if request.url_rule else "unmatched"
-        requests_total.labels(handler, str(response.status_code)).inc()
+    def observe_flask(response):
         started = g.get("request_started")
         if started is not None:
-            duration.labels(handler).observe(time.perf_counter() - started)
+            observe(request.url_rule.endpoint if request.url_rule else "unmatched",
+                    response.status_code, time.perf_counter() - started)
         return response
+
+    return observe

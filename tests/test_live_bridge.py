@@ -60,7 +60,7 @@ def test_every_worker_answers_metrics_the_same(live_bridge):
                  for family in text_string_to_metric_families(text) for s in family.samples
                  if s.name == "heartbeat_beats_total"}
         assert beats == {server: 3 for server in servers}
-        assert total(text, "heartbeat_bridge_http_requests_total", handler="beat.beat",
+        assert total(text, "heartbeat_bridge_http_requests_total", handler="beat",
                      code="200") == 120
 
 

@@ -81,7 +81,7 @@ def test_bridge_level_metrics(client, fleet):
     assert 0 <= value(s, "heartbeat_scrape_duration_seconds") < 5
     assert value(s, "heartbeat_bridge_build_info", version=__version__,
                  python_version=platform.python_version()) == 1
-    assert value(s, "heartbeat_bridge_http_requests_total", handler="beat.beat", code="200") == 2
+    assert value(s, "heartbeat_bridge_http_requests_total", handler="beat", code="200") == 2
 
 
 def test_a_timed_pause_ends_by_itself(client, clock, fleet):

@@ -1,9 +1,10 @@
 """SQLite backend: one file in WAL mode, shared safely by several gunicorn workers."""
+import fcntl
 import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from bridge.store import StoreUnavailableError
 from bridge.store.sql import SQLStore
@@ -15,6 +16,11 @@ class SQLiteStore(SQLStore):
     Writes take the database lock at BEGIN IMMEDIATE, so read-modify-write is atomic
     across workers; `synchronous=NORMAL` in WAL mode keeps every committed beat through
     a process crash (a power loss may drop the last transactions; see docs).
+
+    Writers of this store queue on a blocking flock() of `<file>.lock` first: the kernel
+    wakes the next writer the moment the lock is free, where SQLite's own busy handler
+    would sleep and retry in millisecond steps. Other programs (the CLI) still meet
+    SQLite's busy timeout as usual.
     """
 
     def __init__(self, path, clock=time.time, busy_timeout=5.0, synchronous="NORMAL", **_):
@@ -23,6 +29,7 @@ class SQLiteStore(SQLStore):
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
         self._local = threading.local()
+        self._thread_lock = threading.Lock()
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -42,7 +49,19 @@ class SQLiteStore(SQLStore):
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         self._local.conn, self._local.pid = conn, os.getpid()
+        self._local.lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         return conn
+
+    @contextmanager
+    def _write_lock(self):
+        """One writer at a time per process (threads), then per file (processes)."""
+        with self._thread_lock:
+            fd = self._local.lock_fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextmanager
     def _translate_errors(self):
@@ -55,17 +74,18 @@ class SQLiteStore(SQLStore):
     def _transaction(self, write):
         with self._translate_errors():
             conn = self._connection()
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield cur
-            except BaseException:
-                conn.rollback()
-                raise
-            else:
-                cur.execute("COMMIT")
-            finally:
-                cur.close()
+            with self._write_lock() if write else nullcontext():
+                cur = conn.cursor()
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield cur
+                except BaseException:
+                    conn.rollback()
+                    raise
+                else:
+                    cur.execute("COMMIT")
+                finally:
+                    cur.close()
 
     def integrity_check(self):
         """SQLite's own consistency check: 'ok' when the file is sound."""
@@ -77,4 +97,5 @@ class SQLiteStore(SQLStore):
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
+            os.close(self._local.lock_fd)
             self._local.conn = None
