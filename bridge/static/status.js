@@ -20,9 +20,10 @@
   function duration(seconds) {
     const s = Math.max(0, Math.round(seconds));
     if (s < 120) return s + " s";
-    if (s < 7200) return Math.round(s / 60) + " min";
+    if (s < 3600 || (s < 7200 && s % 3600)) return Math.round(s / 60) + " min";
     if (s < 172800) return Math.round(s / 3600) + " h";
-    return Math.round(s / 86400) + " d";
+    if (s < 63115200) return Math.round(s / 86400) + " d";
+    return Math.round(s / 31557600) + " y";
   }
 
   function isoUtc(unix) {
@@ -88,11 +89,13 @@
 
   function cell(row, label, content, tag) {
     const td = el(tag || "td");
-    td.dataset.label = label;
+    td.dataset.label = label;  // shown before the value when rows are cards (phones)
     if (tag === "th") td.scope = "row";
+    const value = el("div", null, "value");
     [].concat(content).forEach((part) => {
-      td.append(typeof part === "string" ? document.createTextNode(part) : part);
+      value.append(typeof part === "string" ? document.createTextNode(part) : part);
     });
+    td.append(value);
     return td;
   }
 

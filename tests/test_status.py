@@ -1,0 +1,172 @@
+"""The fleet status page `/` and `/api/status` over HTTP, on SQLite and PostgreSQL."""
+import base64
+import re
+
+import pytest
+import yaml
+
+from bridge import status
+from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.tools import ROOT
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
+STATUS_TOKEN = "status-token-0123456789"
+
+
+def basic(password, user="anyone"):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def fleet_status(client):
+    response = client.get("/api/status", headers=ADMIN)
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def states(client):
+    return {s["server_id"]: s["state"] for s in fleet_status(client)["servers"]}
+
+
+@pytest.mark.parametrize("silent,expected", [
+    (0, "up"), (15, "up"), (15.5, "late"), (30, "late"), (30.5, "down"), (3600, "down")])
+def test_state_follows_the_alert_thresholds_in_intervals(client, clock, silent, expected):
+    client.post("/api/heartbeat/web-1", headers=FLEET, json={"interval": 10})
+    clock.advance(silent)
+    assert states(client) == {"web-1": expected}
+
+
+def test_registered_never_seen_and_paused_servers(client, clock):
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1"})
+    client.post("/api/heartbeat/db-1", headers=FLEET, json={"interval": 10})
+    client.post("/api/servers/db-1/pause", headers=ADMIN, json={"for": "1m", "reason": "disk"})
+    clock.advance(45)  # db-1 silent for 4.5 intervals: down, were it not paused
+    body = fleet_status(client)
+    db = next(s for s in body["servers"] if s["server_id"] == "db-1")
+    assert (db["state"], db["paused_until"], db["pause_reason"]) == (
+        "paused", clock.now + 15, "disk")
+    assert states(client) == {"new-1": "never_seen", "db-1": "paused"}
+    clock.advance(16)  # the pause has ended: the silence decides again
+    assert states(client) == {"new-1": "never_seen", "db-1": "down"}
+
+
+def test_json_has_counts_thresholds_and_servers_worst_first(client, clock):
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1",
+                                                    "labels": {"team": "web"}})
+    client.post("/api/heartbeat/up-1", headers=FLEET, json={
+        "interval": 10, "hostname": "up-1.example", "agent_version": "1.2.3",
+        "boot_time": clock.now - 3600})
+    client.post("/api/heartbeat/down-1", headers=FLEET, json={"interval": 1})
+    clock.advance(5)
+    body = fleet_status(client)
+    assert body["generated_at"] == clock.now
+    assert body["thresholds"] == {"late_after_intervals": 1.5, "down_after_intervals": 3.0,
+                                  "default_interval": 30.0}
+    assert body["counts"] == {"up": 1, "late": 0, "down": 1, "never_seen": 1, "paused": 0,
+                              "total": 3}
+    assert [s["server_id"] for s in body["servers"]] == ["down-1", "new-1", "up-1"]
+    assert body["servers"][2] == {
+        "server_id": "up-1", "state": "up", "last_seen": clock.now - 5,
+        "seconds_since_last_seen": 5.0, "interval": 10.0, "labels": {},
+        "hostname": "up-1.example", "agent_version": "1.2.3", "boot_time": clock.now - 3605,
+        "paused_until": None, "pause_reason": None}
+    never = body["servers"][1]
+    assert (never["last_seen"], never["seconds_since_last_seen"], never["labels"],
+            never["interval"]) == (None, None, {"team": "web"}, 30.0)
+
+
+def test_an_empty_fleet_has_zero_counts(client):
+    body = fleet_status(client)
+    assert body["counts"] == dict.fromkeys(["up", "late", "down", "never_seen", "paused",
+                                            "total"], 0)
+    assert body["servers"] == []
+
+
+@pytest.mark.parametrize("path", ["/", "/api/status"])
+@pytest.mark.parametrize("headers,code", [
+    ({}, 401),
+    ({"Authorization": "Bearer wrong-token-0123456789"}, 401),
+    ({"Authorization": f"Bearer {FLEET_TOKEN}"}, 401),  # a fleet token only sends beats
+    (basic("wrong-token-0123456789"), 401),
+    ({"Authorization": f"Digest {ADMIN_TOKEN}"}, 401),
+    ({"Authorization": f"Bearer {ADMIN_TOKEN}"}, 200),
+    (basic(ADMIN_TOKEN), 200),
+    (basic(ADMIN_TOKEN, user=""), 200),
+    ({"Authorization": f"Bearer {STATUS_TOKEN}"}, 200),
+    (basic(STATUS_TOKEN), 200),
+])
+def test_it_needs_the_status_or_admin_token(app_factory, path, headers, code):
+    client = app_factory(status_token=STATUS_TOKEN).test_client()
+    response = client.get(path, headers=headers)
+    assert response.status_code == code
+    if code == 401:
+        scheme = "Bearer" if path.startswith("/api/") else "Basic"
+        assert response.headers["WWW-Authenticate"].startswith(scheme + " realm=")
+        assert response.get_json()["error"] == "invalid_token"
+
+
+def test_a_status_token_does_not_open_the_admin_api(app_factory):
+    client = app_factory(status_token=STATUS_TOKEN).test_client()
+    assert client.get("/api/servers", headers={"Authorization": f"Bearer {STATUS_TOKEN}"}
+                      ).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/", "/api/status"])
+def test_it_is_off_with_a_hint_when_no_token_is_configured(app_factory, path):
+    client = app_factory(admin_token="").test_client()
+    response = client.get(path, headers=ADMIN)
+    assert response.status_code == 404
+    body = response.get_json()
+    assert body["error"] == "status_disabled"
+    assert "HEARTBEAT_STATUS_TOKEN" in body["message"]
+    assert "HEARTBEAT_STATUS_PUBLIC=true" in body["message"]
+
+
+@pytest.mark.parametrize("admin_token", ["", ADMIN_TOKEN])
+def test_public_mode_needs_no_token(app_factory, admin_token):
+    client = app_factory(status_public=True, admin_token=admin_token).test_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/api/status").get_json()["counts"]["total"] == 0
+
+
+def test_the_page_never_carries_a_token(app_factory):
+    client = app_factory(status_token=STATUS_TOKEN).test_client()
+    response = client.get("/", headers=basic(ADMIN_TOKEN))
+    assert response.status_code == 200
+    for secret in (ADMIN_TOKEN, STATUS_TOKEN, FLEET_TOKEN):
+        assert secret not in response.get_data(as_text=True)
+
+
+def test_the_page_and_its_assets_reference_nothing_outside_the_bridge(app_factory):
+    client = app_factory(status_public=True).test_client()
+    page = client.get("/")
+    assert page.mimetype == "text/html"
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Cache-Control"] == "no-store"
+    html = page.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert set(assets) == {"/static/status.css", "/static/status.js", "/api/status", "data:,"}
+    bodies = {"/": html}
+    for path in ("/static/status.css", "/static/status.js"):
+        response = client.get(path)
+        assert response.status_code == 200
+        bodies[path] = response.get_data(as_text=True)
+        response.close()
+    for path, text in bodies.items():
+        assert not re.search(r"https?:|ftp:|//[\w.-]+\.\w", text), path
+        assert "@import" not in text and "url(" not in text, path
+
+
+def test_thresholds_match_the_shipped_alert_rule():
+    """HeartbeatMissing in prometheus/rules.yml fires at DOWN_AFTER intervals of silence."""
+    path = ROOT / "prometheus" / "rules.yml"
+    if not path.exists():
+        pytest.skip("prometheus/rules.yml is not written yet")
+    rules = [rule for group in yaml.safe_load(path.read_text())["groups"]
+             for rule in group["rules"] if "alert" in rule]
+    missing = next(rule for rule in rules if rule["alert"] == "HeartbeatMissing")
+    multiplier = re.search(r"([\d.]+)\s*\*[^>]*heartbeat_interval_seconds", missing["expr"]
+                           ) or re.search(r"heartbeat_interval_seconds[^>]*?\*\s*([\d.]+)",
+                                          missing["expr"])
+    assert multiplier, missing["expr"]
+    assert float(multiplier.group(1)) == status.DOWN_AFTER

@@ -1,0 +1,216 @@
+"""The status page in a real headless Chromium, against a real bridge (gunicorn, SQLite).
+
+States depend on time, so servers declare intervals of 1-2 s and the tests wait (through
+/api/status) until silence has made them late or down before looking at the page.
+"""
+import pytest
+import requests
+
+from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.tools import ROOT, require_binary, wait_until
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# What a rendered row says, by server id, for the fleet of seed_fleet() once settled.
+SETTLED = {"web-up": "Up", "web-late": "Late", "db-down": "Down", "db-new": "Never seen",
+           "ops-paused": "Paused"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = require_binary("chromium")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS,
+                                             timeout=20000)
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def open_page(browser):
+    """Open a page on a bridge; every context opened is closed at the end of the test."""
+    contexts = []
+
+    def open_(bridge, path="/", viewport=None, **context_options):
+        context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800},
+                                      **context_options)
+        context.set_default_timeout(10000)
+        # Only loopback traffic: refuse anything that is not the bridge under test.
+        context.route("**/*", lambda route: route.continue_()
+                      if route.request.url.startswith(bridge.url) else route.abort())
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(bridge.url + path)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def admin(bridge, method, path, **json):
+    response = requests.request(method, bridge.url + path, headers=ADMIN, json=json or None,
+                                timeout=5)
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def api_states(bridge):
+    body = requests.get(bridge.url + "/api/status", headers=ADMIN, timeout=5).json()
+    return {s["server_id"]: s["state"] for s in body["servers"]}
+
+
+def seed_fleet(bridge, transient=True):
+    """One server in every state, through the real admin and beat endpoints.
+
+    With transient=False, only the states that last: up, never seen, paused.
+    """
+    admin(bridge, "POST", "/api/servers", server_id="web-up", labels={"team": "web"})
+    admin(bridge, "POST", "/api/servers", server_id="db-new", labels={"team": "db"})
+    beat = {"interval": 3600, "hostname": "web-up.example.net", "agent_version": "1.4.2",
+            "boot_time": 1_700_000_000}
+    assert bridge.beat("web-up", token=FLEET_TOKEN, json=beat).status_code == 200
+    assert bridge.beat("ops-paused", token=FLEET_TOKEN, json={"interval": 1}).status_code == 200
+    admin(bridge, "POST", "/api/servers/ops-paused/pause", reason="kernel upgrade")
+    if not transient:
+        return {k: v for k, v in SETTLED.items() if k not in ("web-late", "db-down")}
+    admin(bridge, "POST", "/api/servers", server_id="web-late", labels={"team": "web"})
+    admin(bridge, "POST", "/api/servers", server_id="db-down", labels={"team": "db"})
+    # Late is silent for (3, 6] s at a 2 s interval; down is silent over 3 s at 1 s.
+    assert bridge.beat("web-late", token=FLEET_TOKEN, json={"interval": 2}).status_code == 200
+    assert bridge.beat("db-down", token=FLEET_TOKEN, json={"interval": 1}).status_code == 200
+    wait_until(lambda: api_states(bridge) == {
+        "web-up": "up", "web-late": "late", "db-down": "down", "db-new": "never_seen",
+        "ops-paused": "paused"}, timeout=8, interval=0.1, what="late and down states")
+    return SETTLED
+
+
+def rows(page):
+    """Row states as shown in text, by server id, in page order."""
+    return page.eval_on_selector_all(
+        "#servers tbody tr",
+        "trs => trs.map(tr => [tr.dataset.serverId, tr.querySelector('.badge').textContent])")
+
+
+def counts(page):
+    return {state: page.text_content(f"#count-{state}")
+            for state in ("up", "late", "down", "never_seen", "paused")}
+
+
+def test_every_state_is_counted_and_shown_and_a_beat_turns_a_row_up_without_reload(
+        live_bridge, open_page):
+    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    seed_fleet(bridge)
+    page = open_page(bridge)
+    expect(page.locator("#count-down")).to_have_text("1")
+    assert counts(page) == {"up": "1", "late": "1", "down": "1", "never_seen": "1",
+                            "paused": "1"}
+    assert rows(page) == [[k, SETTLED[k]] for k in
+                          ("db-down", "web-late", "db-new", "ops-paused", "web-up")]
+    up_row = page.locator('tr[data-server-id="web-up"]')
+    expect(up_row).to_contain_text("web-up.example.net")
+    expect(up_row).to_contain_text("agent 1.4.2")
+    expect(up_row).to_contain_text("team=web")
+    expect(up_row.locator("td[data-label='Interval']")).to_have_text("1 h")
+    last_seen = up_row.locator("td[data-label='Last seen'] time")
+    assert last_seen.inner_text().endswith(" s ago")
+    assert last_seen.get_attribute("datetime").endswith("Z")
+    assert last_seen.get_attribute("title").endswith("Z (UTC)")
+    expect(page.locator('tr[data-server-id="ops-paused"]')).to_contain_text("kernel upgrade")
+    expect(page.locator('tr[data-server-id="db-new"]')).to_contain_text("never")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status.png"), full_page=True)
+
+    page.evaluate("window.loadedOnce = 'still here'")
+    assert bridge.beat("db-down", token=FLEET_TOKEN, json={"interval": 60}).status_code == 200
+    expect(page.locator('tr[data-server-id="db-down"] .badge')).to_have_text("Up",
+                                                                             timeout=12000)
+    assert page.evaluate("window.loadedOnce") == "still here"  # no reload, no navigation
+    expect(page.locator("#count-up")).to_have_text("2")
+
+
+def test_the_filter_matches_labels_exactly_and_text_anywhere(live_bridge, open_page):
+    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    seed_fleet(bridge, transient=False)
+    page = open_page(bridge)
+    expect(page.locator("#servers tbody tr")).to_have_count(3)
+    cases = {"team=web": ["web-up"], "team=db": ["db-new"], "TEAM=DB": ["db-new"],
+             "team=we": [], "kernel": ["ops-paused"], "paused": ["ops-paused"],
+             "web team=web": ["web-up"], "example.net": ["web-up"], "nothing-like-it": [],
+             "": ["db-new", "ops-paused", "web-up"]}
+    for text, expected in cases.items():
+        page.fill("#filter", text)
+        assert [server for server, _ in rows(page)] == expected, text
+    page.fill("#filter", "team=db")
+    expect(page.locator("#shown")).to_have_text("1 of 3 shown")
+    page.fill("#filter", "zzz")
+    expect(page.locator("#empty")).to_be_visible()
+
+
+def test_filter_and_sort_buttons_are_reachable_and_usable_with_the_keyboard(
+        live_bridge, open_page):
+    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    seed_fleet(bridge, transient=False)
+    page = open_page(bridge)
+    expect(page.locator("#servers tbody tr")).to_have_count(3)
+    reached = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate(
+            "document.activeElement.id || document.activeElement.dataset.sort"))
+    assert reached == ["filter", "server_id", "state", "last_seen"]
+
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")  # back on the Server button
+    page.keyboard.press("Enter")
+    assert [s for s, _ in rows(page)] == ["db-new", "ops-paused", "web-up"]
+    expect(page.locator("th:has(button[data-sort=server_id])")).to_have_attribute(
+        "aria-sort", "ascending")
+    page.keyboard.press("Space")
+    assert [s for s, _ in rows(page)] == ["web-up", "ops-paused", "db-new"]
+    expect(page.locator("th:has(button[data-sort=server_id])")).to_have_attribute(
+        "aria-sort", "descending")
+    page.focus("button[data-sort=last_seen]")
+    page.keyboard.press("Enter")  # most recently seen first, never seen last
+    assert [s for s, _ in rows(page)][-1] == "db-new"
+    expect(page.locator("th:has(button[data-sort=state])")).to_have_attribute(
+        "aria-sort", "none")
+
+
+def test_a_phone_width_screen_has_no_horizontal_overflow(live_bridge, open_page):
+    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    seed_fleet(bridge, transient=False)
+    page = open_page(bridge, viewport={"width": 390, "height": 844})
+    expect(page.locator("#servers tbody tr")).to_have_count(3)
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], widths
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status-phone.png"), full_page=True)
+
+
+def test_a_protected_page_works_with_basic_auth_and_refuses_without(live_bridge, open_page):
+    bridge = live_bridge()
+    seed_fleet(bridge, transient=False)
+    page = open_page(bridge, http_credentials={"username": "ops", "password": ADMIN_TOKEN})
+    expect(page.locator("#count-paused")).to_have_text("1")
+    expect(page.locator("#updated")).to_contain_text("Updated")
+    assert ADMIN_TOKEN not in page.content()
+
+    # Without credentials headless Chromium cannot answer the challenge and stops;
+    # with a wrong token it ends on the 401 answer, which holds no fleet data.
+    with pytest.raises(sync_api.Error, match="ERR_INVALID_AUTH_CREDENTIALS"):
+        open_page(bridge)
+    wrong = open_page(bridge, path="/static/status.css",
+                      http_credentials={"username": "ops", "password": "wrong-token-012345"})
+    response = wrong.goto(bridge.url + "/")
+    assert response.status == 401
+    assert response.headers["www-authenticate"].startswith("Basic ")
+    assert "invalid_token" in wrong.content() and "web-up" not in wrong.content()
