@@ -4,11 +4,12 @@ The thresholds are the shipped alert rules' (`prometheus/rules.yml`), expressed 
 intervals so that one rule serves every interval; a test keeps the two in step.
 """
 
-# A server is late once silent for more than LATE_AFTER of its intervals
-# (HeartbeatLate in prometheus/rules.yml).
+# A server is late once silent for more than LATE_AFTER of its intervals: the
+# `heartbeat:late:bool` recording rule in prometheus/rules.yml (`> bool 1.5 * interval`).
 LATE_AFTER = 1.5
-# ...and down once silent for more than DOWN_AFTER intervals: HeartbeatMissing in
-# prometheus/rules.yml fires at `time() - last_seen > 3 * interval`.
+# ...and down once silent for more than DOWN_AFTER intervals: the condition of the
+# HeartbeatMissing alert (and `heartbeat:missing:bool`) in prometheus/rules.yml,
+# `> 3 * interval`; the alert itself pages after its `for:` on top.
 DOWN_AFTER = 3.0
 
 # Worst first: the default order of the page and of the JSON list.

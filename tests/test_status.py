@@ -157,16 +157,15 @@ def test_the_page_and_its_assets_reference_nothing_outside_the_bridge(app_factor
         assert "@import" not in text and "url(" not in text, path
 
 
-def test_thresholds_match_the_shipped_alert_rule():
-    """HeartbeatMissing in prometheus/rules.yml fires at DOWN_AFTER intervals of silence."""
-    path = ROOT / "prometheus" / "rules.yml"
-    if not path.exists():
-        pytest.skip("prometheus/rules.yml is not written yet")
-    rules = [rule for group in yaml.safe_load(path.read_text())["groups"]
-             for rule in group["rules"] if "alert" in rule]
-    missing = next(rule for rule in rules if rule["alert"] == "HeartbeatMissing")
-    multiplier = re.search(r"([\d.]+)\s*\*[^>]*heartbeat_interval_seconds", missing["expr"]
-                           ) or re.search(r"heartbeat_interval_seconds[^>]*?\*\s*([\d.]+)",
-                                          missing["expr"])
-    assert multiplier, missing["expr"]
-    assert float(multiplier.group(1)) == status.DOWN_AFTER
+@pytest.mark.parametrize("kind,name,constant", [
+    ("alert", "HeartbeatMissing", status.DOWN_AFTER),
+    ("record", "heartbeat:missing:bool", status.DOWN_AFTER),
+    ("record", "heartbeat:late:bool", status.LATE_AFTER),
+])
+def test_thresholds_are_the_shipped_rules_multipliers(kind, name, constant):
+    """`silence > [bool] N * interval` in prometheus/rules.yml, N the page's constant."""
+    groups = yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
+    rule = next(r for g in groups for r in g["rules"] if r.get(kind) == name)
+    found = re.findall(r">\s*(?:bool\s+)?([\d.]+)\s*\*[^>]*?heartbeat_interval_seconds",
+                       rule["expr"])
+    assert [float(n) for n in found] == [constant], rule["expr"]
