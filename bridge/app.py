@@ -9,7 +9,6 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from bridge import __version__, http_metrics
 from bridge.auth import Authenticator
-from bridge.collector import HeartbeatCollector
 from bridge.config import Settings
 from bridge.rejections import RejectionCounter
 from bridge.store import BeatPolicy, open_store
@@ -56,9 +55,7 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
         log.warning("HEARTBEAT_ALLOW_UNAUTHENTICATED is on: ANYONE who can reach this port "
                     "can send beats for any server id. Use it for development only.")
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(HeartbeatCollector(store, settings.default_interval, settings.max_servers,
-                                         clock=clock))
+    registry = CollectorRegistry(auto_describe=False)  # the bridge's own request metrics
     bridge_state = BridgeState(
         settings=settings,
         store=store,
@@ -89,7 +86,7 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
                                   "/healthz", "/readyz"])
 
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {
-        "/metrics": metrics_wsgi(registry, bridge_state),
+        "/metrics": metrics_wsgi(bridge_state),
         BEAT_PREFIX: BeatEndpoint(bridge_state, observe),
     })
     return app

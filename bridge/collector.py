@@ -1,6 +1,6 @@
-"""Prometheus collector over one store snapshot per scrape.
+"""Metric families over one store snapshot.
 
-Produces (one line each per server; operator labels ride along with server_id):
+Per server (operator labels ride along with server_id):
 
     heartbeat_last_seen_seconds{server_id="web-1",team="web"} 1.7e+09
     heartbeat_interval_seconds{server_id="web-1",team="web"} 30.0
@@ -15,6 +15,10 @@ Produces (one line each per server; operator labels ride along with server_id):
 and bridge-level heartbeat_registered_servers, heartbeat_paused_servers,
 heartbeat_max_servers, heartbeat_rejected_total{reason}, heartbeat_store_up,
 heartbeat_scrape_duration_seconds and heartbeat_bridge_build_info.
+
+`PER_SERVER` is the one table of per-server metrics: HeartbeatCollector turns it into
+prometheus_client families, and bridge.exposition renders the same table fast for
+/metrics (tested to be byte-identical).
 """
 import platform
 import time
@@ -23,8 +27,8 @@ from prometheus_client.core import Metric
 
 from bridge import __version__
 
-_PER_SERVER = (
-    # name, type, help, value(server, now, default_interval); None value = no sample
+PER_SERVER = (
+    # family name, type, help, value(server, now, default_interval); None = no sample
     ("heartbeat_last_seen_seconds", "gauge",
      "Unix time (bridge clock) of the last accepted beat; 0 = registered, never seen.",
      lambda s, now, d: s.last_seen),
@@ -47,17 +51,65 @@ _PER_SERVER = (
      "Agent clock minus bridge clock at the last beat that carried sent_at.",
      lambda s, now, d: s.clock_skew),
 )
-_COUNTER_SUFFIX = {"counter": "_total", "gauge": ""}
+AGENT_INFO = ("heartbeat_agent", "Facts the agent reported about itself.")
+SAMPLE_SUFFIX = {"counter": "_total", "gauge": "", "info": "_info"}
+
+
+def server_labels(server):
+    return dict(server.labels, server_id=server.server_id)
+
+
+def agent_labels(server):
+    return {"server_id": server.server_id, "hostname": server.hostname or "",
+            "agent_version": server.agent_version or ""}
+
+
+def server_families(snapshot, default_interval):
+    """The per-server families as prometheus_client Metrics (the reference rendering)."""
+    now = snapshot.taken_at
+    for name, typ, doc, value in PER_SERVER:
+        family = Metric(name, doc, typ)
+        for server in snapshot.servers:
+            v = value(server, now, default_interval)
+            if v is not None:
+                family.add_sample(name + SAMPLE_SUFFIX[typ], server_labels(server), v)
+        yield family
+    info = Metric(*AGENT_INFO, "info")
+    for server in snapshot.servers:
+        info.add_sample(AGENT_INFO[0] + "_info", agent_labels(server), 1.0)
+    yield info
+
+
+def bridge_families(snapshot, max_servers, started):
+    """Fleet-wide families; `started` is the perf_counter() when the scrape began."""
+    now = snapshot.taken_at
+    yield _gauge("heartbeat_registered_servers", "Servers in the store.",
+                 len(snapshot.servers))
+    yield _gauge("heartbeat_paused_servers", "Servers paused right now.",
+                 sum(1 for s in snapshot.servers if s.is_paused(now)))
+    yield _gauge("heartbeat_max_servers", "The cardinality cap (HEARTBEAT_MAX_SERVERS).",
+                 max_servers)
+    rejected = Metric("heartbeat_rejected", "Rejected beats by reason.", "counter")
+    for reason, count in sorted(snapshot.rejected.items()):
+        rejected.add_sample("heartbeat_rejected_total", {"reason": reason}, count)
+    yield rejected
+    yield _gauge("heartbeat_store_up", "1 when this scrape read the store.", 1)
+    yield _gauge("heartbeat_scrape_duration_seconds",
+                 "Time this scrape took to read the store snapshot.",
+                 time.perf_counter() - started)
+    build = Metric("heartbeat_bridge_build", "Build facts of the bridge.", "info")
+    build.add_sample("heartbeat_bridge_build_info", {
+        "version": __version__, "python_version": platform.python_version()}, 1.0)
+    yield build
 
 
 class HeartbeatCollector:
-    """Reads one store snapshot per collect(); safe to share between threads."""
+    """A prometheus_client Collector reading one store snapshot per collect()."""
 
-    def __init__(self, store, default_interval=30.0, max_servers=100000, clock=time.time):
+    def __init__(self, store, default_interval=30.0, max_servers=100000):
         self.store = store
         self.default_interval = default_interval
         self.max_servers = max_servers
-        self.clock = clock
 
     def describe(self):
         return []  # registering must not read the store
@@ -65,39 +117,8 @@ class HeartbeatCollector:
     def collect(self):
         started = time.perf_counter()
         snapshot = self.store.snapshot()  # StoreUnavailableError propagates: /metrics fails
-        now, d = snapshot.taken_at, self.default_interval
-        families = [Metric(name, doc, typ) for name, typ, doc, _ in _PER_SERVER]
-        info = Metric("heartbeat_agent", "Facts the agent reported about itself.", "info")
-        paused = 0
-        for server in snapshot.servers:
-            labels = dict(server.labels, server_id=server.server_id)
-            for family, (name, typ, _, value) in zip(families, _PER_SERVER):
-                v = value(server, now, d)
-                if v is not None:
-                    family.add_sample(name + _COUNTER_SUFFIX[typ], labels, v)
-            info.add_sample("heartbeat_agent_info", {
-                "server_id": server.server_id, "hostname": server.hostname or "",
-                "agent_version": server.agent_version or ""}, 1.0)
-            paused += server.is_paused(now)
-        yield from families
-        yield info
-        yield _gauge("heartbeat_registered_servers", "Servers in the store.",
-                     len(snapshot.servers))
-        yield _gauge("heartbeat_paused_servers", "Servers paused right now.", paused)
-        yield _gauge("heartbeat_max_servers", "The cardinality cap (HEARTBEAT_MAX_SERVERS).",
-                     self.max_servers)
-        rejected = Metric("heartbeat_rejected", "Rejected beats by reason.", "counter")
-        for reason, count in sorted(snapshot.rejected.items()):
-            rejected.add_sample("heartbeat_rejected_total", {"reason": reason}, count)
-        yield rejected
-        yield _gauge("heartbeat_store_up", "1 when this scrape read the store.", 1)
-        yield _gauge("heartbeat_scrape_duration_seconds",
-                     "Time this scrape took to read the store snapshot.",
-                     time.perf_counter() - started)
-        build = Metric("heartbeat_bridge_build", "Build facts of the bridge.", "info")
-        build.add_sample("heartbeat_bridge_build_info", {
-            "version": __version__, "python_version": platform.python_version()}, 1.0)
-        yield build
+        yield from server_families(snapshot, self.default_interval)
+        yield from bridge_families(snapshot, self.max_servers, started)
 
 
 def _gauge(name, doc, value):

@@ -1,15 +1,14 @@
-"""GET /metrics: prometheus_client's WSGI app over the app's own registry."""
+"""GET /metrics: one store snapshot per scrape, rendered by bridge.exposition."""
 import json
 
-from prometheus_client import make_wsgi_app
-
+from bridge.exposition import render
 from bridge.store import StoreUnavailableError
 from bridge.views import log
 
 
-def metrics_wsgi(registry, bridge_state):
-    """prometheus_client does negotiation and gzip; a store outage answers 503, not stale data."""
-    exposition = make_wsgi_app(registry)
+def metrics_wsgi(bridge_state):
+    """WSGI app for /metrics; a store outage answers 503, never stale data."""
+    settings = bridge_state.settings
 
     def app(environ, start_response):
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -17,12 +16,15 @@ def metrics_wsgi(registry, bridge_state):
                          "use GET", [("Allow", "GET, HEAD")])
         try:
             bridge_state.housekeeping()
-            return exposition(environ, start_response)
+            headers, body = render(bridge_state.store, environ, bridge_state.registry,
+                                   settings.default_interval, settings.max_servers)
         except StoreUnavailableError as exc:
             log.error("/metrics: store unavailable: %s", exc)
             return _json(start_response, "503 SERVICE UNAVAILABLE", "store_unavailable",
                          "the store is unreachable; no metrics rather than stale ones",
                          [("Retry-After", "5")])
+        start_response("200 OK", headers + [("Content-Length", str(len(body)))])
+        return [body] if environ["REQUEST_METHOD"] == "GET" else [b""]
 
     return app
 

@@ -1,0 +1,117 @@
+"""Rendering /metrics: the per-server families fast, everything else by prometheus_client.
+
+prometheus_client's encoders spend ~9 us per sample, and a fleet of 100,000 servers
+has 900,000 per-server samples: 8 s a scrape. Here each server's label set is escaped
+once and shared by its nine lines; values go through the library's floatToGoString,
+HELP/TYPE lines are produced by the library's own encoders, and
+tests/test_exposition.py proves the result byte-identical to prometheus_client's for
+both formats. Content negotiation stays the library's (choose_encoder).
+"""
+import gzip
+import math
+import time
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OM_TYPE
+from prometheus_client.utils import floatToGoString
+
+from bridge.collector import AGENT_INFO, PER_SERVER, SAMPLE_SUFFIX, bridge_families
+
+OPENMETRICS = OM_TYPE.split(";")[0]
+
+
+def escape_label_value(value):
+    """The text and OpenMetrics escaping of a label value (as prometheus_client does it)."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class _Families:
+    """A one-off collector over families already built."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+def _headers(encoder, name, doc, typ):
+    """The HELP/TYPE lines the library writes for an empty family, in its format."""
+    text = encoder(_Families([Metric(name, doc, typ)])).decode()
+    return text.replace("# EOF\n", "")
+
+
+def render_servers(snapshot, default_interval, encoder):
+    """The per-server families, as `encoder` (a prometheus_client encoder) would write them."""
+    now = snapshot.taken_at
+    servers = snapshot.servers
+    labelstrs = _server_label_strings(servers)
+    formatted = {}  # value -> text: intervals, flags and counts repeat across a fleet
+    out = []
+    for name, typ, doc, value in PER_SERVER:
+        out.append(_headers(encoder, name, doc, typ))
+        sample = name + SAMPLE_SUFFIX[typ]
+        for server, labels in zip(servers, labelstrs):
+            v = value(server, now, default_interval)
+            if v is None:
+                continue
+            if v == 0:  # 0.0 and -0.0 are one dict key but two texts
+                text = "-0.0" if math.copysign(1.0, v) < 0 else "0.0"
+            else:
+                text = formatted.get(v)
+                if text is None:
+                    text = formatted[v] = floatToGoString(v)
+            out.append(f"{sample}{labels} {text}\n")
+    out.append(_headers(encoder, *AGENT_INFO, "info"))
+    versions = {}
+    for server in servers:
+        version = server.agent_version or ""
+        escaped = versions.get(version)
+        if escaped is None:
+            escaped = versions[version] = escape_label_value(version)
+        # sorted label names: agent_version, hostname, server_id
+        out.append(f'{AGENT_INFO[0]}_info{{agent_version="{escaped}",hostname="'
+                   f'{escape_label_value(server.hostname or "")}",server_id='
+                   f'"{server.server_id}"}} 1.0\n')
+    return "".join(out)
+
+
+def _server_label_strings(servers):
+    """`{...}` per server: each distinct operator label set is escaped once per scrape.
+
+    Server ids are validated to [A-Za-z0-9._-], which needs no escaping.
+    """
+    around = {}  # id(labels) -> (labels before server_id, labels after it)
+    strings = []
+    for server in servers:
+        parts = around.get(id(server.labels))
+        if parts is None:
+            items = sorted(server.labels.items())
+            before = "".join(f'{k}="{escape_label_value(v)}",' for k, v in items
+                             if k < "server_id")
+            after = "".join(f',{k}="{escape_label_value(v)}"' for k, v in items
+                            if k > "server_id")
+            parts = around[id(server.labels)] = (before, after)
+        strings.append(f'{{{parts[0]}server_id="{server.server_id}"{parts[1]}}}')
+    return strings
+
+
+def render(store, environ, extra_registry, default_interval, max_servers):
+    """(content type, headers, body) of one scrape from one store snapshot."""
+    started = time.perf_counter()
+    snapshot = store.snapshot()
+    encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
+    rest = list(bridge_families(snapshot, max_servers, started))
+    rest.extend(extra_registry.collect())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(rest))
+    body = (render_servers(snapshot, default_interval, encoder).encode()
+            + encoder(registry))
+    headers = [("Content-Type", content_type)]
+    if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
+        # Level 6: nearly level 9's size at a third of its time on large fleets.
+        body = gzip.compress(body, compresslevel=6)
+        headers.append(("Content-Encoding", "gzip"))
+    return headers, body

@@ -1,0 +1,64 @@
+"""The fast per-server rendering is byte-identical to prometheus_client's own encoders."""
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.exposition import choose_encoder
+
+from bridge.collector import server_families
+from bridge.exposition import _Families, render_servers
+from bridge.store import Server, Snapshot
+from bridge.validate import SERVER_ID
+
+ENCODERS = {
+    "text": choose_encoder("")[0],
+    "text-1.0": choose_encoder("text/plain; version=1.0.0; escaping=allow-utf-8")[0],
+    "openmetrics": choose_encoder("application/openmetrics-text; version=1.0.0")[0],
+    "openmetrics-utf8": choose_encoder(
+        "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8")[0],
+}
+
+server_ids = st.from_regex(SERVER_ID, fullmatch=True)
+label_names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,10}", fullmatch=True).filter(
+    lambda n: not n.startswith("__") and n != "server_id")
+label_values = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+times = st.floats(min_value=0, max_value=2**33, allow_nan=False)
+maybe = lambda strategy: st.none() | strategy  # noqa: E731
+
+
+@st.composite
+def servers(draw):
+    labels = draw(st.dictionaries(label_names, label_values, max_size=4))
+    return Server(
+        server_id=draw(server_ids), labels=labels,
+        registered_interval=draw(maybe(st.floats(1, 86400))),
+        declared_interval=draw(maybe(st.floats(1, 86400))),
+        last_seen=draw(times), beats_total=draw(st.integers(0, 2**53)),
+        paused=draw(st.booleans()), paused_until=draw(maybe(times)),
+        created_at=draw(times), hostname=draw(maybe(label_values)),
+        agent_version=draw(maybe(label_values)), boot_time=draw(maybe(times)),
+        clock_skew=draw(maybe(st.floats(-1e6, 1e6))))
+
+
+def reference(snapshot, encoder):
+    return encoder(_Families(list(server_families(snapshot, 30.0)))).decode().replace(
+        "# EOF\n", "")
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleet=st.lists(servers(), max_size=8, unique_by=lambda s: s.server_id),
+       now=times, encoder=st.sampled_from(sorted(ENCODERS)))
+def test_fast_rendering_equals_the_library(fleet, now, encoder):
+    snapshot = Snapshot(sorted(fleet), {}, now)
+    assert render_servers(snapshot, 30.0, ENCODERS[encoder]) == reference(
+        snapshot, ENCODERS[encoder])
+
+
+def test_shared_label_sets_and_escapes_render_like_the_library():
+    shared = {"team": 'a"b\\c\nd', "zone": "é", "app": ""}
+    fleet = [Server(f"s{i}", shared if i % 2 else {"team": "x"}, last_seen=1e9 + i,
+                    hostname='h"\\' + string.printable[i], agent_version="1\n0")
+             for i in range(20)]
+    snapshot = Snapshot(fleet, {}, 1e9)
+    for encoder in ENCODERS.values():
+        assert render_servers(snapshot, 30.0, encoder) == reference(snapshot, encoder)
