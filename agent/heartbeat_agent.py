@@ -1,0 +1,531 @@
+#!/usr/bin/env python3
+"""heartbeat-agent: POST a tiny heartbeat to a heartbeat-bridge every interval.
+
+One file, Python >= 3.8 standard library only: copy it to a server and run it as a
+systemd service (the loop), from a systemd timer or from cron (`--once`).
+Settings: INI file < HEARTBEAT_* environment < flags; see docs/agent.md.
+Exit codes: 0 beat accepted / stopped by a signal, 1 beat failed, 2 bad configuration.
+"""
+import argparse
+import configparser
+import email.utils
+import http.client
+import json
+import os
+import random
+import re
+import select
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from collections import namedtuple
+
+VERSION = "0.1.0"
+DEFAULT_CONFIG = "/etc/heartbeat-agent.conf"
+MAX_PAYLOAD = 200
+MAX_ANSWER = 4096
+JITTER = 0.05  # a beat lands up to 5% of the interval after its slot: no fleet-wide bursts
+FIRST_BACKOFF = 1.0
+SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+TOKEN = re.compile(r"[\x21-\x7e]+\Z")  # printable ASCII, no spaces: safe in a header
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+Config = namedtuple("Config", "url server_id token interval timeout ca_file initial_delay "
+                              "context token_source")
+Outcome = namedtuple("Outcome", "ok status reason retry_after answer")
+
+
+class ConfigError(ValueError):
+    """A setting the agent cannot run with; the message starts with the setting's name."""
+
+
+# --- configuration ---------------------------------------------------------------------
+
+def _number(low, high):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:  # NaN fails too
+            raise ValueError(f"must be a number between {low:g} and {high:g}, got {text!r}")
+        return value
+    return parse
+
+
+def _url(text):
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {text!r}")
+    if parts.username or parts.query or parts.fragment:
+        raise ValueError(f"must be a plain base URL without user, query or fragment, got {text!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"has an invalid port: {text!r}") from None
+    return text.rstrip("/")
+
+
+def _server_id(text):
+    if not SERVER_ID.match(text):
+        raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-', "
+                         f"starting with a letter or digit, got {text!r}")
+    return text
+
+
+def _token(text):
+    if not TOKEN.match(text):
+        raise ValueError("must be printable ASCII without spaces")
+    return text
+
+
+# setting: (environment variable, flag, parser); every one may also be an INI key
+SETTINGS = {
+    "url": ("HEARTBEAT_URL", "--url", _url),
+    "server_id": ("HEARTBEAT_SERVER_ID", "--server-id", _server_id),
+    "token": ("HEARTBEAT_TOKEN", None, _token),  # no flag: argv is visible to every user
+    "token_file": ("HEARTBEAT_TOKEN_FILE", "--token-file", str),
+    "interval": ("HEARTBEAT_INTERVAL", "--interval", _number(1, 86400)),
+    "timeout": ("HEARTBEAT_TIMEOUT", "--timeout", _number(0.1, 300)),
+    "ca_file": ("HEARTBEAT_CA_FILE", "--ca-file", str),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _arguments():
+    parser = _Parser(prog="heartbeat-agent", description="Send heartbeats to a heartbeat-bridge.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="send one beat; exit 0 if accepted")
+    mode.add_argument("--check", action="store_true",
+                      help="validate the settings, send one beat, show request and answer")
+    parser.add_argument("--config", help=f"INI file with an [agent] section ({DEFAULT_CONFIG})")
+    for name, (env, flag, _) in SETTINGS.items():
+        if flag:
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=f"overrides {env}")
+    parser.add_argument("--initial-delay", default="0", metavar="SECONDS",
+                        help="wait a random time up to this before the first beat (0)")
+    parser.add_argument("--version", action="version", version=f"heartbeat-agent {VERSION}")
+    return parser
+
+
+def _file_layer(path, explicit):
+    """{setting: (value, where)} from the [agent] section; a missing default file is fine."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"--config: {path}: no such file") from None
+        return {}
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    if parser.sections() and not parser.has_section("agent"):
+        raise ConfigError(f"{path}: no [agent] section")
+    layer = {}
+    for key, value in parser.items("agent") if parser.sections() else ():
+        if key not in SETTINGS:
+            raise ConfigError(f"{path}: unknown key {key!r} in [agent] "
+                              f"(known: {', '.join(SETTINGS)})")
+        if value.strip():
+            layer[key] = (value.strip(), f"{path}: {key}")
+    return layer
+
+
+def _merge(layers):
+    """Later layers win; a token and a token file in one layer is a mistake."""
+    merged = {}
+    for layer in layers:
+        if "token" in layer and "token_file" in layer:
+            raise ConfigError(f"{layer['token'][1]} and {layer['token_file'][1]}: set only one")
+        if "token" in layer or "token_file" in layer:
+            merged.pop("token", None)
+            merged.pop("token_file", None)
+        merged.update(layer)
+    values = {}
+    for name, (value, where) in merged.items():
+        try:
+            values[name] = SETTINGS[name][2](value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return values, {name: where for name, (_, where) in merged.items()}
+
+
+def _read_token(path, where):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {getattr(exc, 'strerror', exc)}") from None
+    if not text:
+        raise ConfigError(f"{where}: {path} is empty")
+    try:
+        return _token(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: the token in {path} {exc}") from None
+
+
+def load_config(argv=None, environ=None):
+    """(Config, args) from INI file < environment < flags; raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    args = _arguments().parse_args(argv)
+    layers = [_file_layer(args.config or DEFAULT_CONFIG, explicit=bool(args.config))]
+    layers.append({name: (environ[env].strip(), env) for name, (env, _, _) in SETTINGS.items()
+                   if environ.get(env, "").strip()})
+    layers.append({name: (getattr(args, name), flag) for name, (_, flag, _) in SETTINGS.items()
+                   if flag and getattr(args, name) is not None})
+    values, where = _merge(layers)
+    if "url" not in values:
+        raise ConfigError("HEARTBEAT_URL: not set (the bridge's base URL, e.g. "
+                          "https://heartbeat.example.org)")
+    if "server_id" not in values:
+        try:
+            values["server_id"] = _server_id(socket.gethostname())
+        except ValueError as exc:
+            raise ConfigError(f"HEARTBEAT_SERVER_ID: not set, and the host name {exc}") from None
+    token, source = values.get("token", ""), where.get("token", "")
+    credential = os.path.join(environ.get("CREDENTIALS_DIRECTORY", ""), "heartbeat-token")
+    if "token_file" in values:
+        token, source = _read_token(values["token_file"], where["token_file"]), where["token_file"]
+    elif not token and environ.get("CREDENTIALS_DIRECTORY") and os.path.exists(credential):
+        token, source = _read_token(credential, "systemd credential"), "systemd credential"
+    try:
+        initial_delay = _number(0, 86400)(args.initial_delay)
+    except ValueError as exc:
+        raise ConfigError(f"--initial-delay: {exc}") from None
+    context = None
+    if values["url"].startswith("https:"):
+        try:
+            context = ssl.create_default_context(cafile=values.get("ca_file"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{where.get('ca_file', 'HEARTBEAT_CA_FILE')}: cannot load {values['ca_file']}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+    config = Config(values["url"], values["server_id"], token, values.get("interval", 30.0),
+                    values.get("timeout", 10.0), values.get("ca_file"), initial_delay, context,
+                    source)
+    return config, args
+
+
+# --- one beat --------------------------------------------------------------------------
+
+def boot_time():
+    """The kernel's boot time in Unix seconds (Linux), else None."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def build_payload(seq, interval, hostname, booted, sent_at):
+    """Compact JSON of at most MAX_PAYLOAD bytes; the hostname is trimmed to fit."""
+    fields = {"interval": int(interval) if interval == int(interval) else interval, "seq": seq}
+    if booted is not None:
+        fields["boot_time"] = booted
+    fields["sent_at"] = round(sent_at, 3)
+    fields["hostname"] = "".join(c for c in hostname[:255] if 32 <= ord(c) != 127)
+    fields["agent_version"] = VERSION
+    body = json.dumps(fields, separators=(",", ":")).encode()
+    while len(body) > MAX_PAYLOAD and fields["hostname"]:
+        fields["hostname"] = fields["hostname"][:-(len(body) - MAX_PAYLOAD)]
+        body = json.dumps(fields, separators=(",", ":")).encode()
+    return body
+
+
+def _resolve(host, port, timeout):
+    """getaddrinfo in a helper thread, so a hung resolver is bounded and a signal stops us."""
+    result = []
+
+    def lookup():
+        try:
+            result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            result.append(exc)
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        raise socket.timeout(f"DNS lookup of {host} timed out")
+    if isinstance(result[0], Exception):
+        raise result[0]
+    return result[0]
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def connect(self):
+        error = OSError(f"no address for {self.host}")
+        for family, kind, proto, _, address in _resolve(self.host, self.port, self.timeout):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(address)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock = sock
+                return
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
+
+
+class _HTTPSConnection(_HTTPConnection):
+    default_port = 443
+
+    def __init__(self, host, port, timeout, context):
+        super().__init__(host, port, timeout=timeout)
+        self.context = context
+
+    def connect(self):
+        super().connect()
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+
+
+def _dropped(sock):
+    """True if an idle kept-alive socket was closed by the server (readable means EOF)."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class Client:
+    """POSTs beats over one kept-alive connection, re-opened when the server closed it."""
+
+    def __init__(self, config):
+        parts = urllib.parse.urlsplit(config.url)
+        self.path = f"{parts.path}/api/heartbeat/{config.server_id}/"
+        self.headers = [("Content-Type", "application/json"),
+                        ("User-Agent", f"heartbeat-agent/{VERSION}")]
+        if config.token:
+            self.headers.insert(0, ("Authorization", f"Bearer {config.token}"))
+        if config.context:
+            self.conn = _HTTPSConnection(parts.hostname, parts.port, config.timeout,
+                                         config.context)
+        else:
+            self.conn = _HTTPConnection(parts.hostname, parts.port, timeout=config.timeout)
+
+    def post(self, body):
+        """(status, headers, answer bytes); raises OSError or http.client.HTTPException."""
+        reused = self.conn.sock is not None
+        if reused and _dropped(self.conn.sock):
+            self.conn.close()
+            reused = False
+        try:
+            return self._exchange(body)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.conn.close()
+            if not reused:
+                raise
+            return self._exchange(body)  # the server closed the idle connection: once more
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _exchange(self, body):
+        self.conn.putrequest("POST", self.path, skip_accept_encoding=True)
+        for name, value in self.headers:
+            self.conn.putheader(name, value)
+        self.conn.putheader("Content-Length", str(len(body)))
+        self.conn.endheaders(body)
+        response = self.conn.getresponse()
+        answer = response.read(MAX_ANSWER)
+        if not response.isclosed():  # an answer too big to drain: start afresh next time
+            self.conn.close()
+        return response.status, response.headers, answer
+
+    def close(self):
+        self.conn.close()
+
+
+def _retry_after(value):
+    """Seconds from a Retry-After header (seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _describe(exc, host, timeout):
+    """A short, stable reason for a failed exchange."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {host}: {exc.strerror}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.timeout):
+        return f"no answer within {timeout:g}s" if not exc.args or exc.args[0] == "timed out" \
+            else str(exc)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the bridge closed the connection without answering"
+    if isinstance(exc, http.client.HTTPException):
+        return f"bad answer ({type(exc).__name__})"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def classify(status, headers, answer):
+    """Outcome of one HTTP answer."""
+    if 200 <= status < 300:
+        return Outcome(True, status, "", None, answer)
+    try:
+        data = json.loads(answer)
+        reason = f"{data['error']}: {data.get('message', '')}"
+    except (ValueError, TypeError, KeyError):
+        reason = http.client.responses.get(status, "unexpected answer")
+    if 300 <= status < 400:
+        reason += f" (redirect to {headers.get('Location')}; set the final URL)"
+    retry = _retry_after(headers.get("Retry-After")) if status in (429, 503) else None
+    return Outcome(False, status, f"HTTP {status} {reason}", retry, answer)
+
+
+class Agent:
+    """Beats on a drift-free monotonic schedule; logs state changes, never a line per beat."""
+
+    def __init__(self, config, log=None, clock=time.monotonic, wall=time.time, sleep=time.sleep,
+                 uniform=random.uniform):
+        self.config = config
+        self.client = Client(config)
+        self.log = log or _log
+        self.clock, self.wall, self.sleep, self.uniform = clock, wall, sleep, uniform
+        self.seq = 0
+        self.hostname = socket.gethostname()
+        self.booted = boot_time()
+
+    def beat(self):
+        """Send one beat; an Outcome, never an exception (bar KeyboardInterrupt)."""
+        body = build_payload(self.seq, self.config.interval, self.hostname, self.booted,
+                             self.wall())
+        self.seq += 1
+        self.last_body = body
+        try:
+            return classify(*self.client.post(body))
+        except (OSError, http.client.HTTPException) as exc:
+            reason = _describe(exc, self.client.conn.host, self.config.timeout)
+        except Exception as exc:  # the edge: a beat must never kill the agent
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+        return Outcome(False, None, reason, None, b"")
+
+    def run(self, max_beats=None):
+        """Beat until interrupted (or max_beats attempts, for measurements)."""
+        interval = self.config.interval
+        self.log(f"starting: beating {self.config.url} as {self.config.server_id} every "
+                 f"{interval:g}s (agent {VERSION})")
+        slot = self.clock() + self.uniform(0, self.config.initial_delay)
+        due, failures, last_reason = slot, 0, None
+        while max_beats is None or self.seq < max_beats:
+            self._sleep_until(due)
+            outcome = self.beat()
+            now = self.clock()
+            if outcome.ok:
+                if failures:
+                    self.log(f"recovered after {failures} failed beat(s)")
+                elif last_reason is None:
+                    self.log("up: the bridge accepted the first beat")
+                failures, last_reason = 0, ""
+                slot += max(1, -(-(now - slot) // interval)) * interval  # next slot after now
+                due = slot + self.uniform(0, JITTER * interval)
+                continue
+            failures += 1
+            if outcome.reason != last_reason:
+                self.log(f"failing: {outcome.reason}")
+                last_reason = outcome.reason
+            if outcome.retry_after is not None:
+                due = now + min(max(outcome.retry_after, FIRST_BACKOFF), max(interval, 3600))
+            elif outcome.status is not None and 400 <= outcome.status < 500 \
+                    and outcome.status not in (408, 429):
+                # retrying sooner cannot fix a refused token or id: keep the schedule
+                slot += max(1, -(-(now - slot) // interval)) * interval
+                due = slot + self.uniform(0, JITTER * interval)
+            else:
+                ceiling = min(interval, FIRST_BACKOFF * 2 ** min(failures - 1, 20))
+                due = now + self.uniform(ceiling / 2, ceiling)
+
+    def _sleep_until(self, deadline):
+        while True:
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            self.sleep(left)
+
+
+def _log(message):
+    try:
+        sys.stderr.write(f"heartbeat-agent: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # no stderr (journald restarting): keep beating
+        pass
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _check(agent):
+    config = agent.config
+    token = f"{len(config.token)} characters from {config.token_source}" if config.token \
+        else "none"
+    print(f"config: url={config.url} server_id={config.server_id} interval={config.interval:g}s "
+          f"timeout={config.timeout:g}s ca_file={config.ca_file or '(system)'} token={token}")
+    started = time.monotonic()
+    outcome = agent.beat()
+    print(f"sent: POST {config.url}/api/heartbeat/{config.server_id}/ "
+          f"{agent.last_body.decode()}")
+    took = (time.monotonic() - started) * 1000
+    if outcome.status is None:
+        print(f"answered: nothing ({outcome.reason}) after {took:.0f} ms")
+    else:
+        print(f"answered: HTTP {outcome.status} in {took:.0f} ms: "
+              f"{outcome.answer.decode('utf-8', 'replace').strip()}")
+    print("ok: the bridge accepted the beat" if outcome.ok else f"failed: {outcome.reason}")
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def main(argv=None):
+    """Console entry point; returns the exit code."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    agent = args = None
+    try:
+        config, args = load_config(argv)
+        agent = Agent(config)
+        if args.check:
+            return _check(agent)
+        if args.once:
+            outcome = agent.beat()
+            if not outcome.ok:
+                _log(f"beat failed: {outcome.reason}")
+            return EXIT_OK if outcome.ok else EXIT_FAILED
+        agent.run()
+    except ConfigError as exc:
+        _log(str(exc))
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        if args and not (args.check or args.once):
+            _log("stopped")
+    finally:
+        if agent:
+            agent.client.close()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
