@@ -1,0 +1,116 @@
+"""The agent's systemd units, cron file and example settings: they parse and say what they must."""
+import configparser
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from agent import heartbeat_agent as ha
+from tests.tools import ROOT
+
+AGENT_DIR = ROOT / "agent"
+HARDENING = {
+    "DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+    "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6", "CapabilityBoundingSet": "",
+    "SystemCallFilter": "@system-service",
+    "EnvironmentFile": "-/etc/default/heartbeat-agent",
+    "LoadCredential": "heartbeat-token:/etc/heartbeat-agent/token",
+}
+
+
+def unit(name):
+    """A unit file as {section: {key: [values]}}; systemd allows repeated keys."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",),
+                                       empty_lines_in_values=False)
+    parser.optionxform = str
+    sections, current = {}, None
+    for line in (AGENT_DIR / name).read_text().splitlines():
+        if not line.strip() or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    parser.read_string((AGENT_DIR / name).read_text())  # fails on anything configparser rejects
+    return sections
+
+
+@pytest.mark.parametrize("name", ["heartbeat-agent.service", "heartbeat-agent-once.service"])
+def test_both_services_are_hardened_and_read_the_same_settings(name):
+    service = unit(name)["Service"]
+    for key, value in HARDENING.items():
+        assert value in service.get(key, []), f"{name}: {key}={value} missing"
+    assert re.fullmatch(r"\d+M", service["MemoryMax"][0])
+    assert "ProcSubset" not in service  # would hide /proc/stat, the boot time
+
+
+def test_the_loop_service_restarts_but_not_on_bad_settings():
+    u = unit("heartbeat-agent.service")
+    assert u["Service"]["ExecStart"] == ["/usr/local/bin/heartbeat-agent"]
+    assert (u["Service"]["Restart"], u["Service"]["RestartSec"]) == (["always"], ["5"])
+    assert u["Service"]["RestartPreventExitStatus"] == [str(ha.EXIT_CONFIG)]
+    assert u["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_the_timer_starts_one_beat_every_30_s_with_1_s_accuracy():
+    once, timer = unit("heartbeat-agent-once.service"), unit("heartbeat-agent.timer")
+    assert once["Service"]["Type"] == ["oneshot"]
+    assert once["Service"]["ExecStart"] == ["/usr/local/bin/heartbeat-agent --once"]
+    assert timer["Timer"]["Unit"] == ["heartbeat-agent-once.service"]
+    assert timer["Timer"]["OnUnitActiveSec"] == ["30s"] and timer["Timer"]["OnBootSec"]
+    assert timer["Timer"]["AccuracySec"] == ["1s"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+
+
+def test_systemd_accepts_the_units(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.skip("systemd-analyze is not installed")
+    agent = tmp_path / "heartbeat-agent"
+    shutil.copy(AGENT_DIR / "heartbeat_agent.py", agent)
+    agent.chmod(0o755)
+    names = ["heartbeat-agent.service", "heartbeat-agent-once.service", "heartbeat-agent.timer"]
+    for name in names:  # verify insists that ExecStart exists
+        text = (AGENT_DIR / name).read_text().replace("/usr/local/bin/heartbeat-agent", str(agent))
+        (tmp_path / name).write_text(text)
+    done = subprocess.run([analyze, "verify", *(tmp_path / n for n in names)],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def test_cron_beats_twice_a_minute_with_once():
+    lines = [line for line in (AGENT_DIR / "heartbeat-agent.cron").read_text().splitlines()
+             if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    assert len(lines) == 2
+    fields = [line.split(None, 6) for line in lines]
+    assert all(f[:5] == ["*"] * 5 for f in fields)
+    commands = [f[6] for f in fields]
+    assert all("heartbeat-agent --once" in c for c in commands)
+    assert not commands[0].startswith("sleep") and commands[1].startswith("sleep 30;")
+
+
+def test_the_env_example_names_only_real_settings_and_loads():
+    known = {env for env, _, _ in ha.SETTINGS.values()}
+    env = {}
+    for line in (AGENT_DIR / "heartbeat-agent.env.example").read_text().splitlines():
+        line = line.lstrip("#")
+        if re.match(r"HEARTBEAT_\w+=", line):
+            key, _, value = line.partition("=")
+            assert key in known and " #" not in value  # systemd takes no trailing comments
+            env.setdefault(key, value)
+    assert set(env) == known
+    active = {k: v for k, v in env.items() if k in ("HEARTBEAT_URL", "HEARTBEAT_TOKEN")}
+    config, _ = ha.load_config(["--config", os.devnull], environ=active)
+    assert config.url == "https://heartbeat.example.org"
+
+
+def test_the_ini_example_names_only_real_settings_and_loads():
+    path = AGENT_DIR / "heartbeat-agent.conf.example"
+    keys = re.findall(r"^#? ?(\w+) = ", path.read_text(), re.MULTILINE)
+    assert set(keys) <= set(ha.SETTINGS) and {"url", "token_file", "interval"} <= set(keys)
+    config, _ = ha.load_config(["--config", str(path)], environ={"HEARTBEAT_TOKEN": "t"})
+    assert (config.url, config.interval, config.token) == ("https://heartbeat.example.org", 30, "t")
