@@ -215,3 +215,14 @@ def test_a_protected_page_works_with_basic_auth_and_refuses_without(live_bridge,
     assert response.status == 401
     assert response.headers["www-authenticate"].startswith("Basic ")
     assert "invalid_token" in wrong.content() and "web-up" not in wrong.content()
+
+
+def test_server_data_is_shown_as_text_never_as_markup(live_bridge, open_page):
+    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    admin(bridge, "POST", "/api/servers", server_id="odd-1",
+          labels={"note": '<img src="/x" onerror="window.pwned=1"><b>bold</b>'})
+    page = open_page(bridge)
+    row = page.locator('tr[data-server-id="odd-1"]')
+    expect(row).to_contain_text('note=<img src="/x" onerror="window.pwned=1"><b>bold</b>')
+    assert row.locator("img, b").count() == 0
+    assert page.evaluate("window.pwned") is None
