@@ -49,6 +49,28 @@ def pause(store, server_id, duration=None, until=None, reason=None):
     return store.pause(server_id, until=until, reason=reason)
 
 
+DEFAULT_BACK_WITHIN = 900.0
+MAX_BACK_WITHIN = 7 * 86400.0
+
+
+def goodbye(store, server_id, back_within=None, retire=False):
+    """A clean stop announced by the host; return the time it promised to be back by."""
+    check_server_id(server_id)
+    seconds = DEFAULT_BACK_WITHIN if back_within is None else parse_duration(back_within,
+                                                                            "back_within")
+    if seconds > MAX_BACK_WITHIN:
+        raise InvalidInputError("invalid_field", "back_within must be at most 7 days; use "
+                                "maintenance or retirement for longer absences", 422)
+    if not isinstance(retire, bool):
+        raise InvalidInputError("invalid_field", "retire must be true or false", 422)
+    return store.goodbye(server_id, seconds, retire=retire)
+
+
+def retire(store, server_id, retired=True):
+    """Retire a server (it stops alerting and is forgotten later), or bring it back."""
+    return store.set_retired(check_server_id(server_id), retired)
+
+
 def resume(store, server_id):
     return store.resume(check_server_id(server_id))
 

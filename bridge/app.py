@@ -31,18 +31,24 @@ class BridgeState:
     rejections: RejectionCounter
     policy: BeatPolicy
     registry: CollectorRegistry
-    _last_housekeeping: float = field(default=0.0, repr=False)
+    _last_housekeeping: float = field(default=float("-inf"), repr=False)
 
     def housekeeping(self):
-        """On scrape: write pending rejection counts; forget long-silent servers (if set)."""
+        """On scrape: write pending rejection counts; at most once a minute, retire and
+        forget servers as the settings say."""
         self.rejections.flush()
-        days = self.settings.forget_after_days
         now = time.monotonic()
-        if days and now - self._last_housekeeping >= HOUSEKEEPING_EVERY:
-            self._last_housekeeping = now
-            forgotten = self.store.forget_silent(days * 86400)
-            if forgotten:
-                log.info("forgot %d servers silent for %g days", forgotten, days)
+        if now - self._last_housekeeping < HOUSEKEEPING_EVERY:
+            return
+        self._last_housekeeping = now
+        settings, day = self.settings, 86400.0
+        for days, action, what in (
+                (settings.auto_retire_after_days, self.store.retire_silent, "retired silent"),
+                (settings.retired_retention_days, self.store.forget_retired, "forgot retired"),
+                (settings.forget_after_days, self.store.forget_silent, "forgot silent")):
+            count = action(days * day) if days else 0
+            if count:
+                log.info("%s servers: %d (after %g days)", what, count, days)
 
 
 def create_app(settings=None, store=None, clock=time.time, rejection_flush_every=1.0,

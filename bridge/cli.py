@@ -164,6 +164,15 @@ def servers_resume(args, settings):
     _print_server(admin.resume(_store(settings), args.server_id), settings, False)
 
 
+def servers_retire(args, settings):
+    _print_server(admin.retire(_store(settings), args.server_id), settings, False)
+
+
+def servers_unretire(args, settings):
+    _print_server(admin.retire(_store(settings), args.server_id, retired=False), settings,
+                  False)
+
+
 def servers_remove(args, settings):
     admin.remove(_store(settings), args.server_id)
     print(f"removed {args.server_id}")
@@ -243,6 +252,11 @@ def _parser():
     group.add_argument("--until", metavar="UNIX_TIME")
     p.add_argument("--reason")
     p = command(ssub, "resume", servers_resume, "end a pause")
+    p.add_argument("server_id")
+    p = command(ssub, "retire", servers_retire,
+                "retire a server: no alerts; forgotten after HEARTBEAT_RETIRED_RETENTION_DAYS")
+    p.add_argument("server_id")
+    p = command(ssub, "unretire", servers_unretire, "bring a retired server back")
     p.add_argument("server_id")
     p = command(ssub, "remove", servers_remove, "remove a server and its series")
     p.add_argument("server_id")

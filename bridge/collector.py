@@ -10,7 +10,10 @@ Per server (operator labels ride along with server_id):
     heartbeat_registered_timestamp_seconds{server_id="web-1",team="web"} 1.7e+09
     heartbeat_boot_time_seconds{server_id="web-1",team="web"} 1.7e+09
     heartbeat_clock_skew_seconds{server_id="web-1",team="web"} -0.2
+    heartbeat_expected_back_seconds{server_id="web-1",team="web"} 0.0
+    heartbeat_retired{server_id="web-1",team="web"} 0.0
     heartbeat_agent_info{agent_version="0.1.0",hostname="web-1.example",server_id="web-1"} 1.0
+    heartbeat_maintenance_info{reason="disk swap",server_id="db-1"} 1.0   (paused ones only)
 
 and bridge-level heartbeat_registered_servers, heartbeat_paused_servers,
 heartbeat_max_servers, heartbeat_rejected_total{reason}, heartbeat_store_up,
@@ -50,8 +53,14 @@ PER_SERVER = (
     ("heartbeat_clock_skew_seconds", "gauge",
      "Agent clock minus bridge clock at the last beat that carried sent_at.",
      lambda s, now, d: s.clock_skew),
+    ("heartbeat_expected_back_seconds", "gauge",
+     "Unix time by which a server that said goodbye promised to beat again; 0 = no goodbye.",
+     lambda s, now, d: s.expected_back or 0.0),
+    ("heartbeat_retired", "gauge", "1 when the server is retired: it never alerts.",
+     lambda s, now, d: 0.0 if s.retired_at is None else 1.0),
 )
 AGENT_INFO = ("heartbeat_agent", "Facts the agent reported about itself.")
+MAINTENANCE_INFO = ("heartbeat_maintenance", "Why a paused server is paused.")
 SAMPLE_SUFFIX = {"counter": "_total", "gauge": "", "info": "_info"}
 
 
@@ -62,6 +71,13 @@ def server_labels(server):
 def agent_labels(server):
     return {"server_id": server.server_id, "hostname": server.hostname or "",
             "agent_version": server.agent_version or ""}
+
+
+def maintenance_labels(server, now):
+    """Labels of heartbeat_maintenance_info, or None when the server is not paused."""
+    if not server.is_paused(now):
+        return None
+    return {"server_id": server.server_id, "reason": server.pause_reason or ""}
 
 
 def server_families(snapshot, default_interval):
@@ -78,6 +94,12 @@ def server_families(snapshot, default_interval):
     for server in snapshot.servers:
         info.add_sample(AGENT_INFO[0] + "_info", agent_labels(server), 1.0)
     yield info
+    maintenance = Metric(*MAINTENANCE_INFO, "info")
+    for server in snapshot.servers:
+        labels = maintenance_labels(server, now)
+        if labels is not None:
+            maintenance.add_sample(MAINTENANCE_INFO[0] + "_info", labels, 1.0)
+    yield maintenance
 
 
 def bridge_families(snapshot, max_servers, started):

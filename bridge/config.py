@@ -30,6 +30,8 @@ class Settings:
     default_interval: float = 30.0
     rate_limit_burst: int = 10
     forget_after_days: float = 0.0
+    auto_retire_after_days: float = 0.0
+    retired_retention_days: float = 7.0
     status_public: bool = False
     status_token: str = ""
     log_level: str = "info"
@@ -59,6 +61,10 @@ class Settings:
             rate_limit_burst=reader.integer("HEARTBEAT_RATE_LIMIT_BURST", cls.rate_limit_burst,
                                             0, 10000),
             forget_after_days=reader.number("HEARTBEAT_FORGET_AFTER_DAYS", 0.0, 0.0, 36500.0),
+            auto_retire_after_days=reader.number("HEARTBEAT_AUTO_RETIRE_AFTER_DAYS", 0.0, 0.0,
+                                                 36500.0),
+            retired_retention_days=reader.number("HEARTBEAT_RETIRED_RETENTION_DAYS", 7.0, 0.0,
+                                                 36500.0),
             status_public=reader.boolean("HEARTBEAT_STATUS_PUBLIC", False),
             # A read-only token for the status page, to share without the admin token.
             status_token=reader.secret("HEARTBEAT_STATUS_TOKEN"),

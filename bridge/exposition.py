@@ -17,7 +17,8 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OM_TYPE
 from prometheus_client.utils import floatToGoString
 
-from bridge.collector import AGENT_INFO, PER_SERVER, SAMPLE_SUFFIX, bridge_families
+from bridge.collector import (AGENT_INFO, MAINTENANCE_INFO, PER_SERVER, SAMPLE_SUFFIX,
+                              bridge_families, maintenance_labels)
 
 OPENMETRICS = OM_TYPE.split(";")[0]
 
@@ -75,6 +76,12 @@ def render_servers(snapshot, default_interval, encoder):
         out.append(f'{AGENT_INFO[0]}_info{{agent_version="{escaped}",hostname="'
                    f'{escape_label_value(server.hostname or "")}",server_id='
                    f'"{server.server_id}"}} 1.0\n')
+    out.append(_headers(encoder, *MAINTENANCE_INFO, "info"))
+    for server in servers:
+        labels = maintenance_labels(server, now)
+        if labels is not None:
+            out.append(f'{MAINTENANCE_INFO[0]}_info{{reason="{escape_label_value(labels["reason"])}'
+                       f'",server_id="{server.server_id}"}} 1.0\n')
     return "".join(out)
 
 

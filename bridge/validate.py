@@ -96,20 +96,26 @@ def parse_duration(value, field="duration"):
     return seconds
 
 
-def parse_beat(body, content_type):
-    """Validate a beat body (bytes, already size-checked); unknown fields are ignored."""
+def parse_object(body, content_type):
+    """A JSON object from a small body (bytes, already size-checked); {} when empty."""
     if not body.strip():
-        return Beat()
+        return {}
     mimetype = (content_type or "").split(";")[0].strip().lower()
     if mimetype != "application/json":
         raise InvalidInputError("unsupported_media_type",
-                                "a beat body must be JSON (Content-Type: application/json)", 415)
+                                "the body must be JSON (Content-Type: application/json)", 415)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise InvalidInputError("invalid_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidInputError("invalid_json", "the body must be a JSON object")
+    return data
+
+
+def parse_beat(body, content_type):
+    """Validate a beat body; unknown fields are ignored."""
+    data = parse_object(body, content_type)
     return Beat(
         interval=_optional(data, "interval", check_interval),
         seq=_optional(data, "seq", _check_seq),

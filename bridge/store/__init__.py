@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(RuntimeError):
@@ -61,6 +61,8 @@ class Server(NamedTuple):
     clock_skew: Optional[float] = None
     seq: Optional[int] = None
     has_token: bool = False
+    expected_back: Optional[float] = None
+    retired_at: Optional[float] = None
 
     def interval(self, default):
         """The promised interval: registered, else agent-declared, else the default."""
@@ -69,6 +71,10 @@ class Server(NamedTuple):
     def is_paused(self, now):
         """Paused with no end, or paused until a time still to come."""
         return self.paused and (self.paused_until is None or self.paused_until > now)
+
+    def is_away(self, now):
+        """Said goodbye and is not yet due back."""
+        return self.expected_back is not None and self.expected_back > now
 
     def as_dict(self, now, default_interval):
         return {
@@ -89,6 +95,10 @@ class Server(NamedTuple):
             "clock_skew": self.clock_skew,
             "seq": self.seq,
             "has_token": self.has_token,
+            "expected_back": self.expected_back,
+            "away": self.is_away(now),
+            "retired": self.retired_at is not None,
+            "retired_at": self.retired_at,
         }
 
 

@@ -35,15 +35,21 @@ SCHEMA = [
     )""",
     "CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count BIGINT NOT NULL)",
 ]
+# Upgrades from the version before; SCHEMA above is version 1 and never changes.
+MIGRATIONS = {
+    2: ["ALTER TABLE servers ADD COLUMN expected_back DOUBLE PRECISION",
+        "ALTER TABLE servers ADD COLUMN retired_at DOUBLE PRECISION"],
+}
 
 # Every column, in the order export_rows() yields and import_rows() takes them.
 ALL_COLUMNS = ("server_id", "labels", "registered_interval", "declared_interval", "last_seen",
                "beats_total", "paused", "paused_until", "pause_reason", "created_at", "hostname",
                "agent_version", "boot_time", "clock_skew", "seq", "token_hash",
-               "prev_token_hash", "prev_token_until", "rl_tat")
+               "prev_token_hash", "prev_token_until", "rl_tat", "expected_back", "retired_at")
 _SERVER_SELECT = ("SELECT server_id, labels, registered_interval, declared_interval, last_seen, "
                   "beats_total, paused, paused_until, pause_reason, created_at, hostname, "
-                  "agent_version, boot_time, clock_skew, seq, token_hash FROM servers")
+                  "agent_version, boot_time, clock_skew, seq, token_hash, expected_back, retired_at "
+                  "FROM servers")
 _UNSET = object()
 
 
@@ -73,11 +79,20 @@ class SQLStore:
                 cur.execute(statement)
             row = _one(cur, "SELECT value FROM meta WHERE key = 'schema_version'")
             if row is None:
-                cur.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                            (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(f"the database schema is version {row[0]}, newer than this "
+                cur.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+            version = 1 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"the database schema is version {version}, newer than this "
                                  f"bridge understands ({SCHEMA_VERSION}); upgrade the bridge")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    cur.execute(statement)
+                cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                            (str(target),))
+
+    def schema_version(self):
+        with self._transaction(write=False) as cur:
+            return int(_one(cur, "SELECT value FROM meta WHERE key = 'schema_version'")[0])
 
     def ping(self):
         """Raise StoreUnavailableError unless the database answers."""
@@ -107,7 +122,8 @@ class SQLStore:
                 "declared_interval = COALESCE(?, declared_interval), "
                 "hostname = COALESCE(?, hostname), agent_version = COALESCE(?, agent_version), "
                 "boot_time = COALESCE(?, boot_time), clock_skew = COALESCE(?, clock_skew), "
-                "seq = COALESCE(?, seq) WHERE server_id = ?",
+                "seq = COALESCE(?, seq), expected_back = NULL, retired_at = NULL "
+                "WHERE server_id = ?",
                 (now, tat, beat.interval, beat.hostname, beat.agent_version, beat.boot_time,
                  skew, beat.seq, server_id))
         return now, interval
@@ -192,6 +208,34 @@ class SQLStore:
         self._update(server_id, "paused = 0, paused_until = NULL, pause_reason = NULL", [])
         return self.get(server_id)
 
+    def goodbye(self, server_id, back_within, retire=False):
+        """A clean stop: alive now, back within `back_within` s (or retired). Ends the rate
+        limit's memory, so the first beat after the return is never refused."""
+        now = self.clock()
+        self._update(server_id, "last_seen = ?, expected_back = ?, rl_tat = NULL, "
+                                "retired_at = ?", [now, now + back_within, now if retire else None])
+        return now + back_within
+
+    def set_retired(self, server_id, retired):
+        """Retire a server (no alerts, forgotten later) or bring it back."""
+        self._update(server_id, "retired_at = ?", [self.clock() if retired else None])
+        return self.get(server_id)
+
+    def retire_silent(self, silent_for):
+        """Retire servers not heard from for `silent_for` seconds; count them."""
+        now = self.clock()
+        with self._transaction(write=True) as cur:
+            cur.execute("UPDATE servers SET retired_at = ? WHERE retired_at IS NULL AND "
+                        "CASE WHEN last_seen > created_at THEN last_seen ELSE created_at END < ?",
+                        (now, now - silent_for))
+            return cur.rowcount
+
+    def forget_retired(self, retired_for):
+        """Remove servers retired more than `retired_for` seconds ago; count them."""
+        with self._transaction(write=True) as cur:
+            cur.execute("DELETE FROM servers WHERE retired_at < ?", (self.clock() - retired_for,))
+            return cur.rowcount
+
     def set_token(self, server_id, token_hash, keep_previous_for=0.0):
         """Set (or with None, revoke) a server's token; the old one may stay valid a while."""
         if keep_previous_for:
@@ -268,10 +312,11 @@ def _dump_labels(labels):
 
 def _server(row, labels_cache):
     (server_id, labels, registered, declared, last_seen, beats, paused, paused_until, reason,
-     created, hostname, agent_version, boot_time, skew, seq, token_hash) = row
+     created, hostname, agent_version, boot_time, skew, seq, token_hash, expected_back,
+     retired_at) = row
     parsed = labels_cache.get(labels)
     if parsed is None:
         parsed = labels_cache[labels] = json.loads(labels)
     return Server(server_id, parsed, registered, declared, last_seen, beats, bool(paused),
                   paused_until, reason, created, hostname, agent_version, boot_time, skew, seq,
-                  token_hash is not None)
+                  token_hash is not None, expected_back, retired_at)

@@ -116,6 +116,16 @@ def resume_server(server_id):
     return _server_json(admin.resume(state().store, server_id))
 
 
+@bp.post("/<server_id>/retire")
+def retire_server(server_id):
+    return _server_json(admin.retire(state().store, server_id))
+
+
+@bp.post("/<server_id>/unretire")
+def unretire_server(server_id):
+    return _server_json(admin.retire(state().store, server_id, retired=False))
+
+
 @bp.post("/<server_id>/token")
 def rotate_token(server_id):
     data = _body()

@@ -1,5 +1,8 @@
 """POST /api/heartbeat/<server_id>/: validate, authenticate, commit, answer.
 
+Also, with the same tokens, what a host says about itself: `POST .../<id>/goodbye`
+(clean stop, back within a time, or retired) and `POST|DELETE .../<id>/maintenance`.
+
 The busiest endpoint by far, so it is a plain WSGI app mounted beside Flask (as
 /metrics is): Flask's request and response machinery cost about 170 us of the 240 us a
 beat took in-process, and this path needs none of it.
@@ -11,7 +14,9 @@ from http import HTTPStatus
 
 from bridge.store import (RateLimitedError, ServerLimitError, StoreUnavailableError,
                           UnknownServerError)
-from bridge.validate import MAX_BODY_BYTES, InvalidInputError, check_server_id, parse_beat
+from bridge import admin
+from bridge.validate import (MAX_BODY_BYTES, InvalidInputError, check_server_id, parse_beat,
+                             parse_object)
 from bridge.views import log
 
 PREFIX = "/api/heartbeat"
@@ -37,30 +42,31 @@ class BeatEndpoint:
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        status, body, headers = self.handle(environ)
+        server_id, action = _route(environ.get("PATH_INFO", ""))
+        status, body, headers = self.handle(environ, server_id, action)
         payload = json.dumps(body, separators=(",", ":")).encode()
         headers = [("Content-Type", "application/json"),
                    ("Content-Length", str(len(payload)))] + headers
         start_response(_STATUS_LINES[status], headers)
-        self.observe("beat", status, time.perf_counter() - started)
+        self.observe(action or "beat", status, time.perf_counter() - started)
         return [payload]
 
-    def handle(self, environ):
+    def handle(self, environ, server_id, action):
         """(status, JSON body, extra headers) for one request."""
-        server_id = environ.get("PATH_INFO", "")[1:]
-        if server_id.endswith("/"):
-            server_id = server_id[:-1]
-        if environ["REQUEST_METHOD"] != "POST":
-            return 405, {"error": "method_not_allowed", "message": "use POST"}, [
-                ("Allow", "POST")]
+        methods = _ACTIONS[action]
+        if environ["REQUEST_METHOD"] not in methods:
+            allowed = ", ".join(sorted(methods))
+            return 405, {"error": "method_not_allowed", "message": f"use {allowed}"}, [
+                ("Allow", allowed)]
         hb = self.state
         try:
             check_server_id(server_id)
             if _content_length(environ) > MAX_BODY_BYTES:
                 raise _too_large()
             hb.auth.check_beat(hb.store, server_id, environ.get("HTTP_AUTHORIZATION"))
-            beat = parse_beat(_read_body(environ), environ.get("CONTENT_TYPE"))
-            received_at, interval = hb.store.record_beat(server_id, beat, hb.policy)
+            body, content_type = _read_body(environ), environ.get("CONTENT_TYPE")
+            handler = methods[environ["REQUEST_METHOD"]]
+            return 200, handler(hb, server_id, body, content_type), []
         except InvalidInputError as exc:
             return self._reject(server_id, exc.reason, exc.status, exc.message)
         except RateLimitedError as exc:
@@ -73,8 +79,7 @@ class BeatEndpoint:
                 log.error("beat for %r not recorded: %s", server_id, exc)
             return self._reject(server_id, reason, status, message,
                                 [("Retry-After", "5")] if status == 503 else [])
-        return 200, {"server_id": server_id, "received_at": received_at,
-                     "interval": interval}, []
+
 
     def _reject(self, server_id, reason, status, message, headers=()):
         self.state.rejections.add(reason)
@@ -85,6 +90,56 @@ class BeatEndpoint:
         if status == 413:
             headers.append(("Connection", "close"))  # the rest of the body is not read
         return status, {"error": reason, "message": message}, headers
+
+
+def _beat(hb, server_id, body, content_type):
+    beat = parse_beat(body, content_type)
+    received_at, interval = hb.store.record_beat(server_id, beat, hb.policy)
+    return {"server_id": server_id, "received_at": received_at, "interval": interval}
+
+
+def _goodbye(hb, server_id, body, content_type):
+    """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed."""
+    data = parse_object(body, content_type)
+    expected_back = admin.goodbye(hb.store, server_id, data.get("back_within"),
+                                  data.get("retire", False))
+    server = hb.store.get(server_id)
+    return {"server_id": server_id, "expected_back": expected_back,
+            "retired": server.retired_at is not None}
+
+
+def _maintenance_start(hb, server_id, body, content_type):
+    data = parse_object(body, content_type)
+    if data.get("for") is None and data.get("until") is None:
+        raise InvalidInputError("invalid_field", "give 'for' (e.g. \"2h\") or 'until' (Unix "
+                                "time): maintenance from the host always has an end", 422)
+    server = admin.pause(hb.store, server_id, duration=data.get("for"),
+                         until=data.get("until"), reason=data.get("reason"))
+    return {"server_id": server_id, "paused_until": server.paused_until,
+            "reason": server.pause_reason}
+
+
+def _maintenance_end(hb, server_id, body, content_type):
+    admin.resume(hb.store, server_id)
+    return {"server_id": server_id, "paused_until": None, "reason": None}
+
+
+# action (the path part after the server id) -> {method: handler}
+_ACTIONS = {
+    "": {"POST": _beat},
+    "goodbye": {"POST": _goodbye},
+    "maintenance": {"POST": _maintenance_start, "DELETE": _maintenance_end},
+}
+
+
+def _route(path):
+    """(server_id, action) of '/<id>[/]' or '/<id>/<action>[/]'; an unknown action leaves the
+    whole path as the id, which then fails validation."""
+    path = path[1:]
+    if path.endswith("/"):
+        path = path[:-1]
+    server_id, _, action = path.partition("/")
+    return (server_id, action) if action in _ACTIONS else (path, "")
 
 
 def _content_length(environ):
