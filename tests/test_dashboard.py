@@ -1,0 +1,258 @@
+"""The Grafana dashboard: its structure, and every query run by a real Prometheus on a real bridge."""
+import json
+import threading
+import time
+
+import pytest
+import requests
+import yaml
+
+from tests.tools import ROOT, Bridge, Process, free_port, require_binary, wait_http, wait_until
+
+DASHBOARD = ROOT / "grafana" / "dashboards" / "heartbeat.json"
+PROVISIONING = ROOT / "grafana" / "provisioning"
+RULES = ROOT / "prometheus" / "rules.yml"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+FLEET_TOKEN = "fleet-token-dashboard"
+ADMIN_TOKEN = "admin-token-dashboard"
+# What Grafana would put in place of its variables when everything is selected.
+GRAFANA_VARIABLES = {"$server_id": ".*", "$team": ".*", "$__rate_interval": "1m",
+                     "$__interval": "15s", "$__range": "5m"}
+
+
+def dashboard():
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(board=None):
+    """Every panel, rows' nested panels included."""
+    for panel in (board or dashboard())["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def targets(board=None):
+    for panel in panels(board):
+        for target in panel.get("targets", []):
+            yield panel, target
+
+
+def substitute(expr):
+    for name in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
+        expr = expr.replace(name, GRAFANA_VARIABLES[name])
+    assert "$" not in expr, f"unknown Grafana variable in {expr}"
+    return expr
+
+
+# --- structure ------------------------------------------------------------------------
+
+def test_dashboard_has_a_fixed_uid_and_no_instance_id_or_inputs():
+    board = dashboard()
+    assert board["uid"] == "heartbeat-bridge"
+    assert board.get("id") is None
+    assert "__inputs" not in board and "__requires" not in board
+    assert board["title"] and isinstance(board["schemaVersion"], int)
+
+
+def test_datasource_is_a_variable_used_by_every_panel_target_variable_and_annotation():
+    board = dashboard()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in panels(board):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, panel["title"]
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            assert variable["datasource"] == DATASOURCE, variable["name"]
+    custom = [a for a in board["annotations"]["list"] if not a.get("builtIn")]
+    assert custom and all(a["datasource"] == DATASOURCE for a in custom)
+
+
+def test_server_and_team_variables_filter_every_per_server_query():
+    board = dashboard()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    for name in ("server_id", "team"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    for panel, target in targets(board):
+        if "server_id" in target["expr"] or "heartbeat:" in target["expr"]:
+            if "ALERTS" not in target["expr"]:
+                assert 'team=~"$team"' in target["expr"], panel["title"]
+            assert 'server_id=~"$server_id"' in target["expr"], panel["title"]
+
+
+def test_panel_ids_are_unique_and_the_grid_has_no_overlaps():
+    seen_ids, cells = set(), set()
+    for panel in panels():
+        assert panel["id"] not in seen_ids, panel["title"]
+        seen_ids.add(panel["id"])
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["y"] >= 0 and grid["w"] > 0 and grid["h"] > 0
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps another panel"
+                cells.add((x, y))
+
+
+def test_dashboard_shows_fleet_counts_servers_states_beats_and_bridge_health():
+    by_title = {panel["title"]: panel for panel in panels()}
+    for title in ("Up", "Missing", "Never seen", "Paused"):
+        assert by_title[title]["type"] == "stat"
+    table = by_title["Servers"]
+    overrides = json.dumps(table["fieldConfig"]["overrides"])
+    assert table["type"] == "table" and "dateTimeFromNow" in overrides and "thresholds" in overrides
+    assert by_title["Server state"]["type"] == "state-timeline"
+    assert "heartbeat_beats_total" in json.dumps(by_title["Beats per minute"]["targets"])
+    for title in ("Bridge targets up", "Scrape duration", "Rejected beats by reason"):
+        assert by_title[title]["type"] == "timeseries"
+    annotation = next(a for a in dashboard()["annotations"]["list"] if not a.get("builtIn"))
+    assert 'ALERTS{alertname=~"Heartbeat.*"' in annotation["expr"]
+
+
+def test_provisioning_loads_the_dashboard_folder_and_a_prometheus_datasource():
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "heartbeat.yml").read_text())
+    provider = providers["providers"][0]
+    assert providers["apiVersion"] == 1 and provider["type"] == "file"
+    assert provider["options"]["path"]
+    sources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    assert sources["datasources"][0]["type"] == "prometheus"
+
+
+# --- live: a real Prometheus scraping a real bridge ------------------------------------
+
+class Prometheus(Process):
+    """The real Prometheus on a loopback port, scraping the given bridges."""
+
+    def __init__(self, tmp_path, bridge_ports, rule_files=(RULES,), interval="1s",
+                 alertmanager_port=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": [str(path) for path in rule_files],
+            "scrape_configs": [{"job_name": "heartbeat-bridge", "static_configs": [
+                {"targets": [f"127.0.0.1:{port}" for port in bridge_ports]}]}],
+        }
+        if alertmanager_port:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [
+                {"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]}
+        path = tmp_path / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        super().__init__([require_binary("prometheus"), f"--config.file={path}",
+                          f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                          f"--web.listen-address=127.0.0.1:{self.port}"], name="prometheus")
+
+    def start(self):
+        super().start()
+        try:
+            wait_http(self.url + "/-/ready", timeout=20)
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"prometheus did not start:\n{self.log()}")
+        return self
+
+    def query(self, expr):
+        answer = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+        body = answer.json()
+        assert answer.status_code == 200 and body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    def value(self, expr):
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+
+def admin(bridge, method, path, **kwargs):
+    answer = requests.request(method, f"{bridge.url}/api/servers{path}", timeout=5,
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, **kwargs)
+    assert answer.status_code in (200, 201), answer.text
+    return answer.json()
+
+
+def beat(bridge, server_id):
+    now = time.time()
+    answer = bridge.beat(server_id, token=FLEET_TOKEN, json={
+        "interval": 1, "boot_time": now - 3600, "sent_at": now,
+        "hostname": f"{server_id}.example", "agent_version": "test"})
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """A real bridge with 5 servers (2 beating every second) and a real Prometheus on it."""
+    require_binary("prometheus")
+    bridge = Bridge(f"sqlite:///{tmp_path / 'hb.db'}", HEARTBEAT_TOKEN=FLEET_TOKEN,
+                    HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN).start()
+    stop = threading.Event()
+    prometheus = None
+    try:
+        servers = {"web-1": ("web", 1), "db-1": ("db", 1), "gone-1": ("web", 1),
+                   "maint-1": ("web", 1), "never-1": ("ops", 60)}
+        for server_id, (team, interval) in servers.items():
+            admin(bridge, "POST", "", json={"server_id": server_id, "labels": {"team": team},
+                                            "interval": interval})
+        for server_id in ("web-1", "db-1", "gone-1", "maint-1"):
+            beat(bridge, server_id)
+        admin(bridge, "POST", "/maint-1/pause", json={"reason": "test"})
+        # One rejected beat, so that "Rejected beats by reason" has a series.
+        assert bridge.beat("web-1", token="not-a-token").status_code == 401
+
+        def keep_beating():
+            while not stop.wait(1.0):
+                for server_id in ("web-1", "db-1"):
+                    beat(bridge, server_id)
+
+        beater = threading.Thread(target=keep_beating, daemon=True)
+        beater.start()
+        prometheus = Prometheus(tmp_path, [bridge.port]).start()
+        yield bridge, prometheus
+    finally:
+        stop.set()
+        if prometheus:
+            prometheus.stop()
+        bridge.stop()
+
+
+def test_every_dashboard_query_returns_data_from_a_real_prometheus_on_a_real_bridge(fleet):
+    bridge, prometheus = fleet
+    # A few scrapes, and gone-1 silent for > 3 intervals so HeartbeatMissing is pending.
+    wait_until(lambda: prometheus.value('count_over_time(up{job="heartbeat-bridge"}[1m])') >= 5
+               and prometheus.query('ALERTS{alertname="HeartbeatMissing",server_id="gone-1"}'),
+               timeout=40, interval=0.5, what=f"scrapes and a pending alert\n{prometheus.log()}")
+    board = dashboard()
+    for panel, target in targets(board):
+        result = prometheus.query(substitute(target["expr"]))
+        assert result, f"{panel['title']}: no data for {target['expr']}"
+    for annotation in board["annotations"]["list"]:
+        if "expr" in annotation:  # firing alerts: legitimately empty on a healthy fleet
+            prometheus.query(substitute(annotation["expr"]))
+    teams = requests.get(f"{prometheus.url}/api/v1/label/team/values",
+                         params={"match[]": "heartbeat_last_seen_seconds"}, timeout=5).json()
+    assert set(teams["data"]) == {"web", "db", "ops"}
+
+
+def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
+    bridge, prometheus = fleet
+    expected = {"Up": 2, "Missing": 1, "Late": 0, "Never seen": 1, "Paused": 1, "Registered": 5}
+    stats = {panel["title"]: substitute(panel["targets"][0]["expr"])
+             for panel in panels() if panel["type"] == "stat"}
+    assert set(stats) == set(expected)
+
+    def counts():
+        return {title: prometheus.value(expr) for title, expr in stats.items()}
+
+    try:
+        wait_until(lambda: counts() == expected, timeout=40, interval=0.5, what="fleet counts")
+    except AssertionError:
+        raise AssertionError(f"counts {counts()} != {expected}")
+    states = {row["metric"]["server_id"]: float(row["value"][1]) for row in prometheus.query(
+        substitute(next(p for p in panels() if p["title"] == "Server state")["targets"][0]["expr"]))}
+    assert states == {"web-1": 0, "db-1": 0, "gone-1": 2, "maint-1": 3, "never-1": 4}
+    # Silence is measured at the scrape: a server beating every second reads under 2 s.
+    assert -0.5 < prometheus.value('heartbeat:silence_seconds:max{server_id="web-1"}') < 2
