@@ -1,0 +1,145 @@
+"""One benchmark run: every peer at every fleet size, then a profile of the bridge."""
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from bench import profile, scrape, wrk
+from bench.peers import BridgePeer, PushgatewayPeer, rss_bytes
+
+PEERS = ("bridge-sqlite", "bridge-postgres", "pushgateway", "pushgateway-no-consistency-check")
+
+
+@dataclass
+class Options:
+    sizes: tuple = (1000, 10000, 100000)
+    duration: float = 10.0
+    connections: int = 32
+    threads: int = 2
+    scrapes: int = 3
+    profile_size: int = 10000
+    prefill_limit: float = 300.0
+    time_limit: float = 2400.0
+    rate_fraction: float = 0.8
+
+
+@dataclass
+class Run:
+    options: Options
+    bridge_source: str
+    rows: list = field(default_factory=list)
+    profile: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    load_before: tuple = ()
+    load_after: tuple = ()
+
+
+def make_peer(name, workdir, source):
+    if name.startswith("bridge-"):
+        return BridgePeer(workdir, name[len("bridge-"):], source)
+    return PushgatewayPeer(workdir, consistency_check=(name == "pushgateway"))
+
+
+def measure_peer(peer, n, opts, log):
+    """Prefill, beats (new connection, then kept alive), fixed rate, scrapes, memory."""
+    row = {"peer": peer.name, "servers": n}
+    t0 = time.monotonic()
+    peer.prefill(n, time_limit=opts.prefill_limit)
+    peer.start()
+    row["prefill_s"] = time.monotonic() - t0
+    for mode, close in (("close", True), ("keepalive", False)):
+        row[mode] = wrk.run_wrk(peer.url, peer.script, opts.duration, env=peer.wrk_env(n, close),
+                                connections=opts.connections, threads=opts.threads)
+        log(f"  {peer.name} n={n} {mode}: {row[mode]['rps']:.0f}/s "
+            f"p99 {row[mode]['p99_ms']:.1f} ms, non-2xx {row[mode]['non_2xx']}")
+    row["fixed_rate"] = paced(peer, n, opts, row["close"]["rps"])
+    row["rss_after_beats"] = [rss_bytes(p) for p in peer.pids()]
+    row["scrape"] = scrape.scrape(peer.url, repeats=opts.scrapes)
+    row["rss"] = [rss_bytes(p) for p in peer.pids()]
+    log(f"  {peer.name} n={n} paced {row['fixed_rate']['achieved_rps']:.0f}/s: "
+        f"p99 {row['fixed_rate']['p99_ms']:.1f} ms; "
+        f"/metrics {row['scrape']['plain_s']:.3f} s; RSS {sum(row['rss']) >> 20} MB")
+    return row
+
+
+def paced(peer, n, opts, max_rps):
+    """New connection per beat at about rate_fraction of max_rps, then its latency.
+
+    wrk waits DELAY_MS after each answer on each connection, so the rate is
+    connections / (delay + latency); one calibration run corrects for the latency.
+    """
+    target = max(1.0, opts.rate_fraction * max_rps)
+    period_ms = 1000.0 * opts.connections / target
+    delay = max(1, round(period_ms))
+    for _attempt in range(2):
+        result = wrk.run_wrk(peer.url, peer.script, opts.duration,
+                             env=dict(peer.wrk_env(n, True), DELAY_MS=delay),
+                             connections=opts.connections, threads=opts.threads)
+        if result["rps"] <= 0 or abs(result["rps"] - target) <= 0.1 * target:
+            break
+        latency_ms = max(0.0, 1000.0 * opts.connections / result["rps"] - delay)
+        new_delay = max(1, round(period_ms - latency_ms))
+        if new_delay == delay:
+            break
+        delay = new_delay
+    return dict(result, target_rps=target, achieved_rps=result["rps"], delay_ms=delay)
+
+
+def profile_bridge(workdir, source, n, opts, log):
+    """Two py-spy recordings of a bridge under wrk (new connection per beat): wall and CPU."""
+    peer = make_peer("bridge-sqlite", workdir, source)
+    out = {"servers": n}
+    try:
+        peer.prefill(n, time_limit=opts.prefill_limit)
+        peer.start()
+        for view, gil_only in (("wall", False), ("cpu", True)):
+            path = os.path.join(workdir, f"profile-{view}.txt")
+            spy = profile.record(peer.process.pid, opts.duration, path, gil_only=gil_only)
+            time.sleep(0.5)  # py-spy attaches before the load starts
+            result = wrk.run_wrk(peer.url, peer.script, opts.duration, env=peer.wrk_env(n, True),
+                                 connections=opts.connections, threads=opts.threads)
+            spy_out, _ = spy.communicate(timeout=opts.duration + 60)
+            if spy.returncode != 0 or not os.path.exists(path):
+                raise RuntimeError(f"py-spy failed: {spy_out[-400:]}")
+            with open(path) as f:
+                out[view] = profile.breakdown(f.read(), [source])
+            out[view]["rps_while_profiled"] = result["rps"]
+            log(f"  profile {view}: {out[view]['busy_samples']} busy samples")
+    finally:
+        peer.stop()
+    return out
+
+
+def execute(opts, workdir, source, source_desc, log=print):
+    """Run everything within opts.time_limit seconds; failures become rows, not crashes."""
+    run = Run(opts, source_desc, load_before=os.getloadavg())
+    deadline = time.monotonic() + opts.time_limit
+    postgres_missing = BridgePeer.unavailable("postgres", source)
+    for n in opts.sizes:
+        for name in PEERS:
+            if name == "bridge-postgres" and postgres_missing:
+                run.rows.append({"peer": name, "servers": n, "skipped": postgres_missing})
+                continue
+            if time.monotonic() > deadline:
+                run.rows.append({"peer": name, "servers": n, "skipped": "time limit reached"})
+                continue
+            log(f"{name}, {n} servers")
+            peer = make_peer(name, workdir, source)
+            try:
+                run.rows.append(measure_peer(peer, n, opts, log))
+            except (RuntimeError, AssertionError, OSError, ValueError, KeyError,
+                    subprocess.SubprocessError, wrk.WrkError) as exc:
+                log(f"  failed: {exc}")
+                run.rows.append({"peer": name, "servers": n,
+                                 "skipped": f"failed: {str(exc).splitlines()[0][:160]}"})
+            finally:
+                peer.stop()
+    if opts.profile_size and time.monotonic() < deadline:
+        log(f"profiling bridge-sqlite, {opts.profile_size} servers")
+        try:
+            run.profile = profile_bridge(workdir, source, opts.profile_size, opts, log)
+        except (RuntimeError, AssertionError, OSError, subprocess.SubprocessError,
+                wrk.WrkError) as exc:
+            run.profile = {"error": str(exc).splitlines()[0][:200]}
+    run.load_after = os.getloadavg()
+    return run
