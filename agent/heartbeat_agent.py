@@ -173,6 +173,30 @@ def _read_token(path, where):
         raise ConfigError(f"{where}: the token in {path} {exc}") from None
 
 
+def _token_from(values, where, environ):
+    """(token, where it came from): token file, token, else the systemd credential."""
+    if "token_file" in values:
+        return _read_token(values["token_file"], where["token_file"]), where["token_file"]
+    if "token" in values:
+        return values["token"], where["token"]
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    credential = os.path.join(directory or "", "heartbeat-token")
+    if directory and os.path.exists(credential):
+        return _read_token(credential, "systemd credential"), "systemd credential"
+    return "", ""
+
+
+def _tls_context(url, ca_file, where):
+    """A verifying client context for https:// URLs (None for http://)."""
+    if not url.startswith("https:"):
+        return None
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{where}: cannot load {ca_file}: {reason}") from None
+
+
 def load_config(argv=None, environ=None):
     """(Config, args) from INI file < environment < flags; raises ConfigError."""
     environ = os.environ if environ is None else environ
@@ -191,23 +215,13 @@ def load_config(argv=None, environ=None):
             values["server_id"] = _server_id(socket.gethostname())
         except ValueError as exc:
             raise ConfigError(f"HEARTBEAT_SERVER_ID: not set, and the host name {exc}") from None
-    token, source = values.get("token", ""), where.get("token", "")
-    credential = os.path.join(environ.get("CREDENTIALS_DIRECTORY", ""), "heartbeat-token")
-    if "token_file" in values:
-        token, source = _read_token(values["token_file"], where["token_file"]), where["token_file"]
-    elif not token and environ.get("CREDENTIALS_DIRECTORY") and os.path.exists(credential):
-        token, source = _read_token(credential, "systemd credential"), "systemd credential"
+    token, source = _token_from(values, where, environ)
     try:
         initial_delay = _number(0, 86400)(args.initial_delay)
     except ValueError as exc:
         raise ConfigError(f"--initial-delay: {exc}") from None
-    context = None
-    if values["url"].startswith("https:"):
-        try:
-            context = ssl.create_default_context(cafile=values.get("ca_file"))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{where.get('ca_file', 'HEARTBEAT_CA_FILE')}: cannot load {values['ca_file']}: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
+    context = _tls_context(values["url"], values.get("ca_file"),
+                           where.get("ca_file", "HEARTBEAT_CA_FILE"))
     config = Config(values["url"], values["server_id"], token, values.get("interval", 30.0),
                     values.get("timeout", 10.0), values.get("ca_file"), initial_delay, context,
                     source)
@@ -309,11 +323,11 @@ class Client:
                         ("User-Agent", f"heartbeat-agent/{VERSION}")]
         if config.token:
             self.headers.insert(0, ("Authorization", f"Bearer {config.token}"))
+        port = parts.port or (443 if config.context else 80)  # explicit: "::1" has colons
         if config.context:
-            self.conn = _HTTPSConnection(parts.hostname, parts.port, config.timeout,
-                                         config.context)
+            self.conn = _HTTPSConnection(parts.hostname, port, config.timeout, config.context)
         else:
-            self.conn = _HTTPConnection(parts.hostname, parts.port, timeout=config.timeout)
+            self.conn = _HTTPConnection(parts.hostname, port, timeout=config.timeout)
 
     def post(self, body):
         """(status, headers, answer bytes); raises OSError or http.client.HTTPException."""
@@ -327,7 +341,11 @@ class Client:
             self.conn.close()
             if not reused:
                 raise
-            return self._exchange(body)  # the server closed the idle connection: once more
+        except BaseException:
+            self.conn.close()
+            raise
+        try:  # the server closed the idle connection as we sent: once more on a new one
+            return self._exchange(body)
         except BaseException:
             self.conn.close()
             raise

@@ -93,6 +93,7 @@ class _Handler(socketserver.StreamRequestHandler):
         if self.server.tls:
             self.request = self.server.tls.wrap_socket(self.request, server_side=True)
         self.server.connections += 1
+        self.number = self.server.connections
         self.server.open.add(self.request)
         super().setup()
         self.rfile = _Tee(self.rfile)
@@ -123,7 +124,7 @@ class _Handler(socketserver.StreamRequestHandler):
         method, path, _ = line.decode("latin-1").split(" ", 2)
         request = {"method": method, "path": path, "headers": headers, "body": body,
                    "raw": self.rfile.take(), "at": time.monotonic(),
-                   "connection": self.server.connections}
+                   "connection": self.number}
         self.server.requests.append(request)
         answer = self.server.script(request)
         if answer == "hang":
@@ -240,6 +241,19 @@ def test_seq_counts_every_attempt_and_the_url_prefix_is_kept():
     assert [b["seq"] for b in server.bodies()] == [0, 1, 2]
     assert {r["path"] for r in server.requests} == {"/hb/api/heartbeat/web-1/"}
     assert "authorization" not in server.requests[0]["headers"]  # no token configured
+
+
+def test_a_kept_alive_connection_closed_as_the_beat_is_sent_is_retried_once_on_a_new_one():
+    def script(request):  # the second request arrives on the kept connection: drop it
+        return "drop" if len(server.requests) == 2 else statuses()(request)
+    with BeatServer(script=script) as server:
+        config, _ = ha.load_config(["--config", os.devnull, "--url", server.url], environ={})
+        agent = ha.Agent(config, log=lambda message: None)
+        outcomes = [agent.beat() for _ in range(2)]
+        agent.client.close()
+    assert [o.ok for o in outcomes] == [True, True]
+    assert [r["connection"] for r in server.requests] == [1, 1, 2]
+    assert [b["seq"] for b in server.bodies()] == [0, 1, 1]  # the same beat, sent again
 
 
 def test_check_prints_what_was_sent_and_what_was_answered(conf):
