@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench import report
 from bench.peers import PUSHGATEWAY, bridge_source
-from bench.run import Options, execute
+from bench.run import PEERS, Options, execute
 from bench.wrk import WRK
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,6 +33,8 @@ def parse_args(argv):
     p.add_argument("--bridge", default="HEAD",
                    help="git revision of bridge/ to measure, or 'worktree' (default HEAD)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where results go (bench/results)")
+    p.add_argument("--peers", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+                   default=PEERS, help=f"which peers (default all: {','.join(PEERS)})")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument("--time-limit", type=float, default=2400.0,
                    help="stop starting new measurements after this many seconds (2400)")
@@ -45,12 +47,17 @@ def main(argv=None):
         if not Path(binary).exists():
             print(f"bench: {binary} is missing (make deb-deps installs it)", file=sys.stderr)
             return 2
+    unknown = set(args.peers) - set(PEERS)
+    if unknown:
+        print(f"bench: unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}",
+              file=sys.stderr)
+        return 2
     opts = Options(sizes=args.sizes, duration=args.duration, connections=args.connections,
-                   time_limit=args.time_limit,
+                   time_limit=args.time_limit, peers=args.peers,
                    profile_size=0 if args.no_profile else min(10000, max(args.sizes)))
     if args.quick:
         opts = Options(sizes=(100,), duration=1.0, connections=8, scrapes=1, profile_size=0,
-                       prefill_limit=30.0, time_limit=50.0)
+                       prefill_limit=30.0, time_limit=50.0, peers=args.peers)
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="heartbeat-bench-")
     try:

@@ -25,7 +25,7 @@ BUCKETS = (
     "Flask/Werkzeug: request context, routing, response objects",
     "parse: server id, body read, JSON",
     "auth: token hash and compare",
-    "store: waiting for the write lock",
+    "store: write lock (waiting, handing over)",
     "store: BEGIN, SELECT, UPDATE",
     "store: COMMIT (WAL append)",
     "response: JSON answer (jsonify)",
@@ -56,7 +56,7 @@ class _Sources:
 def _bridge_bucket(path, text, func):
     if path.startswith("bridge/store/"):
         if "flock" in text or "_lock" in text and "with" in text or ".acquire(" in text:
-            return "store: waiting for the write lock"
+            return "store: write lock (waiting, handing over)"
         if "COMMIT" in text or ".commit(" in text:
             return "store: COMMIT (WAL append)"
         return "store: BEGIN, SELECT, UPDATE"

@@ -1,4 +1,5 @@
 """Results of a run as markdown (targets with PASS/MISS, then the measurements) and a plot."""
+import math
 import platform
 import subprocess
 import time
@@ -19,7 +20,12 @@ def _one(run, peer, n):
 
 
 def _ratio(a, b):
-    return a / b if a is not None and b else None
+    """a / b; infinite when the peer managed nothing at all in the run (b == 0 < a)."""
+    if a is None or b is None:
+        return None
+    if b == 0:
+        return math.inf if a > 0 else None
+    return a / b
 
 
 def target_sizes(sizes):
@@ -47,7 +53,9 @@ def targets(run):
             if value is None:
                 out.append((name, peer, n, "not measured", "n/a"))
             else:
-                out.append((name, peer, n, fmt.format(value), "PASS" if ok(value) else "MISS"))
+                text = ("inf (the Pushgateway completed no push in the run)"
+                        if math.isinf(value) else fmt.format(value))
+                out.append((name, peer, n, text, "PASS" if ok(value) else "MISS"))
 
         check("beats/s, new connection >= 2x Pushgateway default", mid,
               _ratio(rps(b_mid), rps(d_mid)), lambda v: v >= 2, "{:.2f}x")
@@ -59,9 +67,12 @@ def targets(run):
                                             ("no-consistency-check", f_mid, f_large)):
             r_mid, r_large = _ratio(rps(b_mid), rps(peer_mid)), _ratio(rps(b_large),
                                                                       rps(peer_large))
+            held = None if r_mid is None or r_large is None else (
+                1.0 if math.isinf(r_mid) and math.isinf(r_large) else _ratio(r_large, r_mid))
             check(f"lead over Pushgateway {label} holds at {large:,} (ratio {large:,} / {mid:,})",
-                  large, _ratio(r_large, r_mid), lambda v: v >= 0.95,
-                  "{:.2f}" + (f" ({r_large:.2f}x vs {r_mid:.2f}x)" if r_mid and r_large else ""))
+                  large, held, lambda v: v >= 0.95,
+                  "{:.2f}" + (f" ({_fmt(r_large, '.2f')}x vs {_fmt(r_mid, '.2f')}x)"
+                              if held is not None else ""))
         for mode in ("plain", "gzip"):
             mine = b_mid["scrape"][f"{mode}_s"] if b_mid else None
             theirs = d_mid["scrape"][f"{mode}_s"] if d_mid else None
@@ -82,8 +93,15 @@ def targets(run):
     return out
 
 
+def _x(mine, theirs):
+    ratio = _ratio(mine, theirs)
+    return "-" if ratio is None else "inf" if math.isinf(ratio) else f"{ratio:.2f}x"
+
+
 def _fmt(value, spec):
-    return "-" if value is None else format(value, spec)
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else format(value, spec)
 
 
 def markdown(run, started_at, extra_notes=()):
@@ -119,10 +137,10 @@ def markdown(run, started_at, extra_notes=()):
             f"| {row['peer']} | {row['servers']:,} | {c['rps']:,.0f} | {c['p50_ms']:.1f} | "
             f"{c['p99_ms']:.1f} | {k['rps']:,.0f} | {k['p50_ms']:.1f} | {k['p99_ms']:.1f} | "
             f"{c['non_2xx'] + k['non_2xx'] + c['socket_errors'] + k['socket_errors']} | "
-            f"{_fmt(_ratio(c['rps'], d and d['close']['rps']), '.2f')}x / "
-            f"{_fmt(_ratio(k['rps'], d and d['keepalive']['rps']), '.2f')}x | "
-            f"{_fmt(_ratio(c['rps'], f and f['close']['rps']), '.2f')}x / "
-            f"{_fmt(_ratio(k['rps'], f and f['keepalive']['rps']), '.2f')}x |")
+            f"{_x(c['rps'], d and d['close']['rps'])} / "
+            f"{_x(k['rps'], d and d['keepalive']['rps'])} | "
+            f"{_x(c['rps'], f and f['close']['rps'])} / "
+            f"{_x(k['rps'], f and f['keepalive']['rps'])} |")
     lines += ["", "Ratios: new connection / kept alive. non-2xx counts wrk's status and socket "
               "errors of both runs.", "",
               f"## Latency at a fixed rate ({opts.rate_fraction:.0%} of the new-connection maximum)",
@@ -189,8 +207,11 @@ def plot(run, path):
     ax.axhline(3000, color="grey", linewidth=0.8, linestyle=":", label="target 3,000 beats/s")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    sizes = sorted({r["servers"] for r in _rows(run)})
+    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("servers (fleet size)")
-    ax.set_ylabel("beats/s accepted")
+    ax.set_ylabel("beats/s accepted (0 drawn at 0.1)")
     ax.set_title("Beats/s against fleet size (wrk, loopback, 2 CPUs)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

@@ -21,6 +21,7 @@ class Options:
     prefill_limit: float = 300.0
     time_limit: float = 2400.0
     rate_fraction: float = 0.8
+    peers: tuple = PEERS
 
 
 @dataclass
@@ -116,7 +117,7 @@ def execute(opts, workdir, source, source_desc, log=print):
     deadline = time.monotonic() + opts.time_limit
     postgres_missing = BridgePeer.unavailable("postgres", source)
     for n in opts.sizes:
-        for name in PEERS:
+        for name in [p for p in PEERS if p in opts.peers]:
             if name == "bridge-postgres" and postgres_missing:
                 run.rows.append({"peer": name, "servers": n, "skipped": postgres_missing})
                 continue
@@ -134,7 +135,7 @@ def execute(opts, workdir, source, source_desc, log=print):
                                  "skipped": f"failed: {str(exc).splitlines()[0][:160]}"})
             finally:
                 peer.stop()
-    if opts.profile_size and time.monotonic() < deadline:
+    if opts.profile_size and "bridge-sqlite" in opts.peers and time.monotonic() < deadline:
         log(f"profiling bridge-sqlite, {opts.profile_size} servers")
         try:
             run.profile = profile_bridge(workdir, source, opts.profile_size, opts, log)
