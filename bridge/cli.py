@@ -26,21 +26,21 @@ def main(argv=None):
         if getattr(args, "database_url", None):
             settings = _with(settings, database_url=args.database_url)
         return args.func(args, settings) or 0
-    except ConfigError as exc:
-        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
-        return 2
-    except InvalidInputError as exc:
-        print(f"heartbeat-bridge: {exc.message}", file=sys.stderr)
-        return 2
-    except UnknownServerError as exc:
-        print(f"heartbeat-bridge: no server {exc.args[0]!r}", file=sys.stderr)
-        return 1
-    except ServerExistsError as exc:
-        print(f"heartbeat-bridge: server {exc.args[0]!r} is registered already", file=sys.stderr)
-        return 1
-    except (ServerLimitError, StoreError) as exc:
-        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
-        return 1
+    except tuple(_FAILURES) as exc:
+        code, message = next(v for k, v in _FAILURES.items() if isinstance(exc, k))
+        print(f"heartbeat-bridge: {message(exc)}", file=sys.stderr)
+        return code
+
+
+# What ends a command early: exit code and the one line printed.
+_FAILURES = {
+    ConfigError: (2, str),
+    InvalidInputError: (2, lambda exc: exc.message),
+    UnknownServerError: (1, lambda exc: f"no server {exc.args[0]!r}"),
+    ServerExistsError: (1, lambda exc: f"server {exc.args[0]!r} is registered already"),
+    ServerLimitError: (1, str),
+    StoreError: (1, str),
+}
 
 
 def _with(settings, **changes):
