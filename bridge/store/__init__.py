@@ -141,7 +141,13 @@ def rate_limit(tat, now, interval, burst):
     if burst <= 0:
         return tat, None
     emission = interval / burst
-    tat = max(tat or 0.0, now)
+    tat = tat or 0.0
+    if tat > now + interval:
+        # Allowed beats never leave the TAT more than one interval ahead: only a bridge
+        # clock that went back (or a shorter interval) can. Start afresh rather than
+        # refuse the server until the clock catches up, hours later.
+        tat = now
+    tat = max(tat, now)
     if tat - now > interval - emission:
         return tat, tat - now - (interval - emission)
     return tat + emission, None
