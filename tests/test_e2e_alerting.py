@@ -120,78 +120,128 @@ def admin(bridge, method, path, **kwargs):
     return answer.json()["server"]
 
 
-def test_a_silent_server_is_notified_and_resolved_while_restarts_and_pauses_stay_quiet(tmp_path):
+class Stack:
+    """The running pipeline of one test: bridge, Prometheus, Alertmanager, agents, webhook."""
+
+    def __init__(self, tmp_path, webhook):
+        self.tmp_path, self.webhook, self.processes = tmp_path, webhook, {}
+        self.database = f"sqlite:///{tmp_path / 'hb.db'}"
+        self.settings = dict(HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN)
+
+    def start(self, servers):
+        self.bridge = self.processes["bridge"] = Bridge(self.database, **self.settings).start()
+        for server_id, team in servers.items():
+            admin(self.bridge, "POST", "", json={"server_id": server_id, "interval": 1,
+                                                 "labels": {"team": team}})
+        am = self.processes["alertmanager"] = alertmanager(self.tmp_path, self.webhook.port)
+        self.prometheus = self.processes["prometheus"] = Prometheus(
+            self.tmp_path, [self.bridge.port], rule_files=[shortened_rules(self.tmp_path)],
+            alertmanager_port=am.port).start()
+        for server_id in servers:
+            self.start_agent(server_id)
+        self.wait_healthy(len(servers), timeout=30)
+        return self
+
+    def start_agent(self, server_id):
+        self.processes[server_id] = agent(self.bridge, server_id)
+
+    def stop_agent(self, server_id):
+        """Stop the agent; the bridge's time of its last accepted beat."""
+        self.processes[server_id].stop()
+        return admin(self.bridge, "GET", f"/{server_id}")["last_seen"]
+
+    def restart_bridge(self, down_for):
+        self.bridge.stop()
+        time.sleep(down_for)
+        self.bridge = self.processes["bridge"] = Bridge(
+            self.database, port=self.bridge.port, **self.settings).start()
+
+    def wait_healthy(self, servers, timeout):
+        healthy = f"count(heartbeat:missing:bool == 0) == {servers} and on () absent(ALERTS)"
+        wait_until(lambda: self.prometheus.query(healthy), timeout=timeout, interval=0.5,
+                   what=f"{servers} servers beating, no alert pending")
+
+    def stop(self):
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+
+
+@pytest.fixture
+def stack(tmp_path):
     for name in ("prometheus", "prometheus-alertmanager"):
         require_binary(name)
-    started = time.monotonic()
-    database = f"sqlite:///{tmp_path / 'hb.db'}"
-    settings = dict(HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN)
-    processes = {}
     with Webhook() as webhook:
+        running = Stack(tmp_path, webhook)
         try:
-            bridge = processes["bridge"] = Bridge(database, **settings).start()
-            for server_id, team in SERVERS.items():
-                admin(bridge, "POST", "", json={"server_id": server_id, "interval": 1,
-                                                "labels": {"team": team}})
-            processes["alertmanager"] = am = alertmanager(tmp_path, webhook.port)
-            processes["prometheus"] = prometheus = Prometheus(
-                tmp_path, [bridge.port], rule_files=[shortened_rules(tmp_path)],
-                alertmanager_port=am.port).start()
-            for server_id in SERVERS:
-                processes[server_id] = agent(bridge, server_id)
-            healthy = 'count(heartbeat:missing:bool == 0) == 3 and on () absent(ALERTS)'
-            wait_until(lambda: prometheus.query(healthy), timeout=30, interval=0.5,
-                       what="three servers beating, no alert pending")
-
-            # 1. A bridge restart of a few seconds (same port, same store): no alert at all.
-            restart = time.time()
-            bridge.stop()
-            time.sleep(3)
-            bridge = processes["bridge"] = Bridge(database, port=bridge.port, **settings).start()
-            print(f"bridge down for {time.time() - restart:.1f} s")
-            wait_until(lambda: prometheus.query(healthy), timeout=20, interval=0.5,
-                       what="all servers beating again after the restart")
-            time.sleep(12)  # longer than the shortened `for`: anything pending would fire
-            pending = prometheus.query('count by (alertname) (count_over_time('
-                                       'ALERTS{alertstate="pending"}[30s]))')
-            print("pending during the restart, held back by `for`:",
-                  {r["metric"]["alertname"]: r["value"][1] for r in pending} or "none")
-            assert webhook.alerts() == [], "a bridge restart raised an alert"
-
-            # 2. One agent stops: a firing HeartbeatMissing for exactly that server.
-            processes["a-1"].stop()
-            last_beat = admin(bridge, "GET", "/a-1")["last_seen"]
-            firing = wait_until(lambda: webhook.alerts(since=last_beat), timeout=60,
-                                interval=0.2, what="the HeartbeatMissing notification")
-            delay = firing[0][0] - last_beat
-            print(f"last beat -> notification: {delay:.1f} s "
-                  f"(silence > 3 intervals of 1 s, for: {FOR}, scrape/eval 1 s, group_wait 1 s)")
-            time.sleep(2)  # anything else that fires with it arrives in the same second
-            alerts = webhook.alerts()
-            assert {(path, status, labels["alertname"], labels["server_id"], labels["team"])
-                    for _, path, status, labels in alerts} == {
-                ("/alerts/team-db-pager", "firing", "HeartbeatMissing", "a-1", "db")}
-            assert "instance" not in alerts[0][3]
-            assert delay < 30
-
-            # 3. It beats again: the resolution arrives.
-            back = time.time()
-            processes["a-1"] = agent(bridge, "a-1")
-            resolved = wait_until(
-                lambda: [a for a in webhook.alerts(since=back) if a[2] == "resolved"],
-                timeout=45, interval=0.2, what="the resolved notification")
-            assert {(a[3]["alertname"], a[3]["server_id"]) for a in resolved} == {
-                ("HeartbeatMissing", "a-1")}
-            print(f"beating again -> resolved: {resolved[0][0] - back:.1f} s")
-
-            # 4. A paused server whose agent stops: no alert.
-            admin(bridge, "POST", "/c-1/pause", json={"reason": "e2e maintenance"})
-            quiet_from = time.time()
-            processes["c-1"].stop()
-            time.sleep(18)  # 3 intervals + `for` + margins, twice over
-            assert prometheus.query('heartbeat:silence_seconds:max{server_id="c-1"} > 10')
-            assert webhook.alerts(since=quiet_from) == [], "a paused server alerted"
+            yield running
         finally:
-            for process in reversed(list(processes.values())):
-                process.stop()
+            running.stop()
+
+
+def test_a_silent_server_is_notified_and_resolved_while_restarts_and_pauses_stay_quiet(stack):
+    started = time.monotonic()
+    stack.start({"a-1": "db", "b-1": "web", "c-1": "web"})
+    webhook, prometheus = stack.webhook, stack.prometheus
+
+    # 1. A bridge restart of a few seconds (same port, same store): no alert at all.
+    restart = time.time()
+    stack.restart_bridge(down_for=3)
+    print(f"bridge down for {time.time() - restart:.1f} s")
+    stack.wait_healthy(3, timeout=20)
+    time.sleep(12)  # longer than the shortened `for`: anything pending would fire
+    pending = prometheus.query('count by (alertname) (count_over_time('
+                               'ALERTS{alertstate="pending"}[30s]))')
+    print("pending during the restart, held back by `for`:",
+          {r["metric"]["alertname"]: r["value"][1] for r in pending} or "none")
+    assert webhook.alerts() == [], "a bridge restart raised an alert"
+
+    # 2. One agent stops: a firing HeartbeatMissing for exactly that server, routed by team.
+    last_beat = stack.stop_agent("a-1")
+    firing = wait_until(lambda: webhook.alerts(since=last_beat), timeout=60, interval=0.2,
+                        what="the HeartbeatMissing notification")
+    delay = firing[0][0] - last_beat
+    print(f"last beat -> notification: {delay:.1f} s "
+          f"(silence > 3 intervals of 1 s, for: {FOR}, scrape/eval 1 s, group_wait 1 s)")
+    time.sleep(2)  # anything else that fires with it arrives in the same second
+    alerts = webhook.alerts()
+    assert {(path, status, labels["alertname"], labels["server_id"], labels["team"])
+            for _, path, status, labels in alerts} == {
+        ("/alerts/team-db-pager", "firing", "HeartbeatMissing", "a-1", "db")}
+    assert "instance" not in alerts[0][3]
+    assert delay < 30
+
+    # 3. It beats again: the resolution arrives.
+    back = time.time()
+    stack.start_agent("a-1")
+    resolved = wait_until(lambda: [a for a in webhook.alerts(since=back) if a[2] == "resolved"],
+                          timeout=45, interval=0.2, what="the resolved notification")
+    assert {(a[3]["alertname"], a[3]["server_id"]) for a in resolved} == {
+        ("HeartbeatMissing", "a-1")}
+    print(f"beating again -> resolved: {resolved[0][0] - back:.1f} s")
+
+    # 4. A paused server whose agent stops: no alert.
+    admin(stack.bridge, "POST", "/c-1/pause", json={"reason": "e2e maintenance"})
+    quiet_from = time.time()
+    stack.stop_agent("c-1")
+    time.sleep(18)  # 3 intervals + `for` + margins, twice over
+    assert prometheus.query('heartbeat:silence_seconds:max{server_id="c-1"} > 10')
+    assert webhook.alerts(since=quiet_from) == [], "a paused server alerted"
+    assert time.monotonic() - started < 180
+
+
+def test_most_servers_silent_at_once_page_once_and_inhibit_the_per_server_alerts(stack):
+    started = time.monotonic()
+    servers = {"m-1": "db", "m-2": "web", "m-3": "web", "m-4": "ops"}
+    stack.start(servers)
+    quiet_from = time.time()
+    for server_id in ("m-1", "m-2", "m-3"):  # 3 of 4: more than half, at least three
+        stack.stop_agent(server_id)
+    wait_until(lambda: stack.webhook.alerts(since=quiet_from), timeout=60, interval=0.2,
+               what="the HeartbeatMassSilence notification")
+    wait_until(lambda: stack.prometheus.query('count(ALERTS{alertname="HeartbeatMissing",'
+                                              'alertstate="firing"}) == 3'),
+               timeout=30, interval=0.5, what="the three HeartbeatMissing firing in Prometheus")
+    time.sleep(3)  # the per-server alerts had every chance to be notified
+    notified = {(status, labels["alertname"]) for _, _, status, labels in stack.webhook.alerts()}
+    assert notified == {("firing", "HeartbeatMassSilence")}
     assert time.monotonic() - started < 180
