@@ -172,20 +172,21 @@ def cpu_run(url, server_id, beats, extra=()):
     return cpu, int(done.stdout.split()[-1])
 
 
-def looping_rss(url, ca_file=None, seconds=6):
-    """VmHWM and VmRSS (kB) of the real CLI loop after `seconds` of 1 s beats."""
+def looping_rss(url, ca_file=None, seconds=6, python=sys.executable):
+    """VmHWM, VmRSS, RssAnon (private) and RssFile (shared libraries) in kB of the real CLI
+    loop after `seconds` of 1 s beats."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTBEAT_")}
     env.update(HEARTBEAT_URL=url, HEARTBEAT_TOKEN=TOKEN, HEARTBEAT_SERVER_ID="bench-rss",
                HEARTBEAT_INTERVAL="1")
     if ca_file:
         env["HEARTBEAT_CA_FILE"] = str(ca_file)
-    proc = subprocess.Popen([sys.executable, AGENT, "--config", os.devnull], env=env,
+    proc = subprocess.Popen([python, AGENT, "--config", os.devnull], env=env,
                             stderr=subprocess.DEVNULL)
     try:
         time.sleep(seconds)
         status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
         return {line.split(":")[0]: int(line.split()[1]) for line in status
-                if line.startswith(("VmHWM", "VmRSS"))}
+                if line.startswith(("VmHWM", "VmRSS", "RssAnon", "RssFile"))}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=5)
@@ -207,6 +208,9 @@ def mean(pairs, skip=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--beats", type=int, default=200, help="beats for the CPU figure")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter for the RSS figures (e.g. /usr/bin/python3, what a "
+                             "server has; the default is this venv's)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         ca, tls = make_pki(tmp)
@@ -237,8 +241,10 @@ def main(argv=None):
             rows.append((f"CPU ms/beat HTTPS kept alive ({args.beats} beats)",
                          round((tls_cpu - startup) / args.beats * 1000, 3)))
             rows.append((f"VmHWM kB after {args.beats} beats (HTTP, HTTPS)", (hwm, tls_hwm)))
-            rows.append(("VmHWM/VmRSS kB of the CLI loop, HTTP", looping_rss(http_url)))
-            rows.append(("VmHWM/VmRSS kB of the CLI loop, HTTPS", looping_rss(https_url, ca)))
+            rows.append(("memory kB of the CLI loop, HTTP",
+                         looping_rss(http_url, python=args.python)))
+            rows.append(("memory kB of the CLI loop, HTTPS",
+                         looping_rss(https_url, ca, python=args.python)))
             wait_until(lambda: beats_total(bridge, "bench-cpu") == args.beats, timeout=10,
                        what="every CPU-run beat accepted by the bridge")
         finally:
