@@ -124,12 +124,12 @@ def markdown(run, started_at, extra_notes=()):
         lines.append(f"| {name} | {peer} | {n:,} | {measured} | **{verdict}** |")
     lines += ["", "## Beats", "",
               "| peer | servers | new conn beats/s | p50 ms | p99 ms | kept-alive beats/s | "
-              "p50 ms | p99 ms | non-2xx | vs PGW default | vs PGW no-check |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "p50 ms | p99 ms | non-2xx | vs PGW default | vs PGW no-check | CPU us/beat |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in run.rows:
         if "skipped" in row:
             lines.append(f"| {row['peer']} | {row['servers']:,} | skipped: {row['skipped']} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         c, k = row["close"], row["keepalive"]
         d, f = _one(run, PG_DEFAULT, row["servers"]), _one(run, PG_FAST, row["servers"])
@@ -140,9 +140,12 @@ def markdown(run, started_at, extra_notes=()):
             f"{_x(c['rps'], d and d['close']['rps'])} / "
             f"{_x(k['rps'], d and d['keepalive']['rps'])} | "
             f"{_x(c['rps'], f and f['close']['rps'])} / "
-            f"{_x(k['rps'], f and f['keepalive']['rps'])} |")
-    lines += ["", "Ratios: new connection / kept alive. non-2xx counts wrk's status and socket "
-              "errors of both runs.", "",
+            f"{_x(k['rps'], f and f['keepalive']['rps'])} | "
+            f"{_fmt(c.get('cpu_us_per_beat'), ',.0f')} / {_fmt(k.get('cpu_us_per_beat'), ',.0f')} |")
+    lines += ["", "Ratios and CPU: new connection / kept alive. non-2xx counts wrk's status and "
+              "socket errors of both runs. CPU us/beat: user + system CPU of the peer's processes "
+              "during the run, divided by the beats accepted (less noisy than beats/s on a shared "
+              "machine).", "",
               f"## Latency at a fixed rate ({opts.rate_fraction:.0%} of the new-connection maximum)",
               "", "| peer | servers | target /s | achieved /s | p50 ms | p99 ms | errors | "
               "pacing delay ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -167,13 +170,13 @@ def markdown(run, started_at, extra_notes=()):
                      f"{row['prefill_s']:.1f} |")
     lines += ["", "/metrics times are the median of a few scrapes to the last byte (one when a "
               "scrape takes over 10 s); RSS sums the gunicorn master and workers."]
-    lines += _profile_lines(run.profile)
+    lines += _profile_lines(run.profile, _one(run, "bridge-sqlite", run.profile.get("servers")))
     if extra_notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in extra_notes]
     return "\n".join(lines) + "\n"
 
 
-def _profile_lines(prof):
+def _profile_lines(prof, unprofiled_row=None):
     if not prof:
         return []
     if "error" in prof:
@@ -181,13 +184,25 @@ def _profile_lines(prof):
     wall, cpu = prof["wall"], prof["cpu"]
     lines = ["", f"## Where a beat's time goes (bridge-sqlite, {prof['servers']:,} servers, "
              "new connection per beat, py-spy over all workers)", "",
-             "| part | CPU (GIL held) | thread time (wall, waits included) |", "|---|---:|---:|"]
+             "| part | CPU (GIL held) | CPU us per beat | thread time (wall, waits included) |",
+             "|---|---:|---:|---:|"]
+    # The CPU cost of a beat from the unprofiled run at the same size when there is one:
+    # the profiler perturbs the process it samples.
+    per_beat = ((unprofiled_row or {}).get("close", {}).get("cpu_us_per_beat")
+                or cpu.get("cpu_us_per_beat") or 0)
     for bucket in wall["shares"]:
-        lines.append(f"| {bucket} | {cpu['shares'][bucket]:.1%} | {wall['shares'][bucket]:.1%} |")
+        lines.append(f"| {bucket} | {cpu['shares'][bucket]:.1%} | "
+                     f"{cpu['shares'][bucket] * per_beat:,.0f} | {wall['shares'][bucket]:.1%} |")
+    lines.append(f"| **all** | 100% | {per_beat:,.0f} | 100% |")
     lines += ["", f"Samples: CPU {cpu['busy_samples']:,}, wall {wall['busy_samples']:,} busy "
               f"({wall['idle_samples']:,} idle thread samples left out); throughput while "
               f"profiled {cpu['rps_while_profiled']:,.0f} and {wall['rps_while_profiled']:,.0f} "
-              "beats/s (py-spy costs CPU too)."]
+              "beats/s (py-spy costs CPU too). CPU us per beat: the bridge's CPU time over the "
+              "beats it accepted in the unprofiled new-connection run at this size (else the "
+              "profiled one: "
+              f"{_fmt(cpu.get('cpu_us_per_beat'), ',.0f')} us), split by the CPU shares (samples that "
+              "hold the GIL; C code that releases it, such as SQLite and socket calls, is "
+              "under-counted there)."]
     return lines
 
 

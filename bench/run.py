@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench import profile, scrape, wrk
-from bench.peers import BridgePeer, PushgatewayPeer, rss_bytes
+from bench.peers import BridgePeer, PushgatewayPeer, cpu_seconds, rss_bytes
 
 PEERS = ("bridge-sqlite", "bridge-postgres", "pushgateway", "pushgateway-no-consistency-check")
 
@@ -49,8 +49,7 @@ def measure_peer(peer, n, opts, log):
     peer.start()
     row["prefill_s"] = time.monotonic() - t0
     for mode, close in (("close", True), ("keepalive", False)):
-        row[mode] = wrk.run_wrk(peer.url, peer.script, opts.duration, env=peer.wrk_env(n, close),
-                                connections=opts.connections, threads=opts.threads)
+        row[mode] = wrk_with_cpu(peer, n, opts, close)
         log(f"  {peer.name} n={n} {mode}: {row[mode]['rps']:.0f}/s "
             f"p99 {row[mode]['p99_ms']:.1f} ms, non-2xx {row[mode]['non_2xx']}")
     row["fixed_rate"] = paced(peer, n, opts, row["close"]["rps"])
@@ -61,6 +60,18 @@ def measure_peer(peer, n, opts, log):
         f"p99 {row['fixed_rate']['p99_ms']:.1f} ms; "
         f"/metrics {row['scrape']['plain_s']:.3f} s; RSS {sum(row['rss']) >> 20} MB")
     return row
+
+
+def wrk_with_cpu(peer, n, opts, close, **extra_env):
+    """One wrk run, plus the peer's CPU time per accepted beat during it (microseconds)."""
+    pids = peer.pids()
+    before = cpu_seconds(pids)
+    result = wrk.run_wrk(peer.url, peer.script, opts.duration,
+                         env=dict(peer.wrk_env(n, close), **extra_env),
+                         connections=opts.connections, threads=opts.threads)
+    beats = result["requests"] - result["non_2xx"]
+    result["cpu_us_per_beat"] = 1e6 * (cpu_seconds(pids) - before) / beats if beats else None
+    return result
 
 
 def paced(peer, n, opts, max_rps):
@@ -97,14 +108,14 @@ def profile_bridge(workdir, source, n, opts, log):
             path = os.path.join(workdir, f"profile-{view}.txt")
             spy = profile.record(peer.process.pid, opts.duration, path, gil_only=gil_only)
             time.sleep(0.5)  # py-spy attaches before the load starts
-            result = wrk.run_wrk(peer.url, peer.script, opts.duration, env=peer.wrk_env(n, True),
-                                 connections=opts.connections, threads=opts.threads)
+            result = wrk_with_cpu(peer, n, opts, True)
             spy_out, _ = spy.communicate(timeout=opts.duration + 60)
             if spy.returncode != 0 or not os.path.exists(path):
                 raise RuntimeError(f"py-spy failed: {spy_out[-400:]}")
             with open(path) as f:
                 out[view] = profile.breakdown(f.read(), [source])
             out[view]["rps_while_profiled"] = result["rps"]
+            out[view]["cpu_us_per_beat"] = result["cpu_us_per_beat"]
             log(f"  profile {view}: {out[view]['busy_samples']} busy samples")
     finally:
         peer.stop()
