@@ -5,7 +5,9 @@ one store call and returns the result; errors are InvalidInputError or the store
 """
 from bridge.auth import hash_token, new_token
 from bridge.validate import (InvalidInputError, check_interval, check_labels, check_server_id,
-                             parse_duration)
+                             check_text, parse_duration)
+
+MAX_REASON = 256
 
 
 def register(store, settings, server_id, interval=None, labels=None, with_token=False):
@@ -43,9 +45,8 @@ def pause(store, server_id, duration=None, until=None, reason=None):
             raise InvalidInputError("invalid_field", "until must be a Unix time", 422)
         if until <= store.clock():
             raise InvalidInputError("invalid_field", "until must be in the future", 422)
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 256):
-        raise InvalidInputError("invalid_field", "reason must be a string of at most 256 "
-                                "characters", 422)
+    if reason is not None:
+        check_text("reason", MAX_REASON)(reason)
     return store.pause(server_id, until=until, reason=reason)
 
 

@@ -121,9 +121,9 @@ def parse_beat(body, content_type):
         seq=_optional(data, "seq", _check_seq),
         boot_time=_optional(data, "boot_time", _check_timestamp("boot_time")),
         sent_at=_optional(data, "sent_at", _check_timestamp("sent_at")),
-        hostname=_optional(data, "hostname", _check_text("hostname", MAX_HOSTNAME)),
+        hostname=_optional(data, "hostname", check_text("hostname", MAX_HOSTNAME)),
         agent_version=_optional(data, "agent_version",
-                                _check_text("agent_version", MAX_AGENT_VERSION)),
+                                check_text("agent_version", MAX_AGENT_VERSION)),
     )
 
 
@@ -147,7 +147,8 @@ def _check_timestamp(name):
     return check
 
 
-def _check_text(name, limit):
+def check_text(name, limit):
+    """A checker for an optional text field: a string of at most `limit` printable characters."""
     def check(value):
         if not isinstance(value, str) or len(value) > limit or _has_control(value):
             raise InvalidInputError(
@@ -158,4 +159,6 @@ def _check_text(name, limit):
 
 
 def _has_control(text):
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+    """Control characters, or lone surrogates: JSON's "\\ud800" decodes to one, and no UTF-8
+    encoder accepts it (the store write or every later /metrics would fail)."""
+    return any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
