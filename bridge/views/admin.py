@@ -74,9 +74,12 @@ def list_servers():
 def register_server():
     hb = state()
     data = _body()
+    with_token = data.get("token")
+    if with_token is not None and not isinstance(with_token, bool):  # "false" is truthy
+        raise InvalidInputError("invalid_field", "token must be true or false", 422)
     server, token = admin.register(hb.store, hb.settings, data.get("server_id"),
                                    interval=data.get("interval"), labels=data.get("labels"),
-                                   with_token=bool(data.get("token", False)))
+                                   with_token=bool(with_token))
     extra = {"token": token} if token else {}
     return _server_json(server, 201, **extra)
 
