@@ -264,7 +264,7 @@ def _resolve(host, port, timeout):
     def lookup():
         try:
             result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
+        except Exception as exc:  # OSError, or UnicodeError for a bad IDNA name
             result.append(exc)
     thread = threading.Thread(target=lookup, daemon=True)
     thread.start()
@@ -412,7 +412,12 @@ def classify(status, headers, answer):
     if 300 <= status < 400:
         reason += f" (redirect to {headers.get('Location')}; set the final URL)"
     retry = _retry_after(headers.get("Retry-After")) if status in (429, 503) else None
-    return Outcome(False, status, f"HTTP {status} {reason}", retry, answer)
+    return Outcome(False, status, f"HTTP {status} {_one_line(reason)}", retry, answer)
+
+
+def _one_line(text, limit=200):
+    """Text from the other end, made safe for one log line."""
+    return "".join(c if c.isprintable() else " " for c in text[:limit])
 
 
 class Agent:
@@ -424,7 +429,7 @@ class Agent:
         self.client = Client(config)
         self.log = log or _log
         self.clock, self.wall, self.sleep, self.uniform = clock, wall, sleep, uniform
-        self.seq = 0
+        self.seq, self.last_body = 0, b""
         self.hostname = socket.gethostname()
         self.booted = boot_time()
 

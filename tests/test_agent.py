@@ -284,6 +284,14 @@ def test_once_exits_1_with_one_line_naming_the_failure(conf, script, reason):
     assert reason in err
 
 
+def test_what_the_server_says_stays_on_one_short_log_line(conf):
+    answer = (500, {}, {"error": "bad\nline\x1b[31m", "message": "x" * 1000})
+    with BeatServer(script=lambda r: answer) as server:
+        code, _, err = run_agent(conf, "--once", HEARTBEAT_URL=server.url)
+    assert code == 1 and err.count("\n") == 1 and len(err) < 300
+    assert "HTTP 500 bad line [31m: xxx" in err
+
+
 def test_once_exits_1_when_nothing_listens_or_the_server_hangs(conf):
     code, _, err = run_agent(conf, "--once", HEARTBEAT_URL=f"http://127.0.0.1:{free_port()}")
     assert (code, err) == (1, "heartbeat-agent: beat failed: connection refused\n")
