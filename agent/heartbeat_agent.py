@@ -270,7 +270,7 @@ def _resolve(host, port, timeout):
     thread.start()
     thread.join(timeout)
     if not result:
-        raise socket.timeout(f"DNS lookup of {host} timed out")
+        raise socket.timeout(f"DNS lookup of {host}: no answer within {timeout:g}s")
     if isinstance(result[0], Exception):
         raise result[0]
     return result[0]
@@ -389,8 +389,10 @@ def _describe(exc, host, timeout):
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, socket.timeout):
-        return f"no answer within {timeout:g}s" if not exc.args or exc.args[0] == "timed out" \
-            else str(exc)
+        text = str(exc)
+        if text.startswith("DNS"):
+            return text
+        return f"no {'TLS handshake' if 'handshake' in text else 'answer'} within {timeout:g}s"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, http.client.RemoteDisconnected):

@@ -46,8 +46,9 @@ class BeatServer(socketserver.ThreadingTCPServer):
     """A real HTTP/1.1 server on 127.0.0.1 recording every request; `script` decides answers.
 
     script(request) returns (status, headers, body), "hang" (no answer until stopped or
-    10 s) or "drop" (close the connection without answering). `close_after` closes each
-    connection silently right after its answer, as an idle timeout would.
+    10 s), "drop" (close the connection without answering) or "garbage" (not HTTP).
+    `close_after` closes each connection silently right after its answer, as an idle
+    timeout would.
     """
 
     daemon_threads = True
@@ -133,6 +134,9 @@ class _Handler(socketserver.StreamRequestHandler):
             self.server.released.wait(10)
             return False
         if answer == "drop":
+            return False
+        if answer == "garbage":
+            self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
             return False
         status, extra, payload = answer
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -274,6 +278,7 @@ def test_check_prints_what_was_sent_and_what_was_answered(conf):
     (lambda r: (503, {}, b"<html>busy</html>"), "HTTP 503 Service Unavailable"),
     (lambda r: (301, {"Location": "https://x/"}, b""), "redirect to https://x/"),
     (lambda r: "drop", "closed the connection without answering"),
+    (lambda r: "garbage", "bad answer (BadStatusLine)"),
 ])
 def test_once_exits_1_with_one_line_naming_the_failure(conf, script, reason):
     with BeatServer(script=script) as server:
@@ -305,7 +310,14 @@ def test_once_exits_1_when_nothing_listens_or_the_server_hangs(conf):
 def test_once_exits_1_when_the_name_does_not_resolve(conf):
     code, _, err = run_agent(conf, "--once", "--timeout", "2",
                              HEARTBEAT_URL="http://no-such-host.invalid")
-    assert code == 1 and "cannot resolve no-such-host.invalid" in err
+    assert code == 1 and "no-such-host.invalid" in err  # cannot resolve, or lookup timed out
+
+
+def test_once_exits_1_when_https_meets_a_plain_http_server(conf):
+    with BeatServer() as server:
+        code, _, err = run_agent(conf, "--once", "--timeout", "0.5",
+                                 HEARTBEAT_URL=server.url.replace("http:", "https:"))
+    assert (code, err) == (1, "heartbeat-agent: beat failed: no TLS handshake within 0.5s\n")
 
 
 # --- the loop --------------------------------------------------------------------------
