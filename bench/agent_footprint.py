@@ -12,6 +12,7 @@ headers, about 66 bytes a segment, are not). Prints one table; nothing is assert
 import argparse
 import os
 import resource
+import secrets
 import select
 import signal
 import socket
@@ -31,7 +32,7 @@ import heartbeat_agent as ha  # noqa: E402
 from tests.tools import Bridge, wait_until  # noqa: E402
 
 AGENT = ROOT / "agent" / "heartbeat_agent.py"
-TOKEN = "bench-fleet-token"
+TOKEN = secrets.token_urlsafe(32)  # 43 characters, like the tokens the bridge issues
 
 # A child that runs the real loop for N beats with the sleeps shortened to 2 ms: the
 # loop's own code runs unchanged, and the payload still declares a valid 30 s interval.
