@@ -53,6 +53,7 @@ def measure_peer(peer, n, opts, log):
         log(f"  {peer.name} n={n} {mode}: {row[mode]['rps']:.0f}/s "
             f"p99 {row[mode]['p99_ms']:.1f} ms, non-2xx {row[mode]['non_2xx']}")
     row["fixed_rate"] = paced(peer, n, opts, row["close"]["rps"])
+    row["settle_s"] = settle(peer.pids())
     row["rss_after_beats"] = [rss_bytes(p) for p in peer.pids()]
     row["scrape"] = scrape.scrape(peer.url, repeats=opts.scrapes)
     row["rss"] = [rss_bytes(p) for p in peer.pids()]
@@ -60,6 +61,23 @@ def measure_peer(peer, n, opts, log):
         f"p99 {row['fixed_rate']['p99_ms']:.1f} ms; "
         f"/metrics {row['scrape']['plain_s']:.3f} s; RSS {sum(row['rss']) >> 20} MB")
     return row
+
+
+def settle(pids, timeout=30.0, busy=0.05, step=0.5):
+    """Wait (bounded) until the peer stops working off queued beats; seconds waited.
+
+    Scrapes and memory are measured on an idle peer: a Pushgateway may still be applying
+    pushes whose clients gave up.
+    """
+    started = time.monotonic()
+    before = cpu_seconds(pids)
+    while time.monotonic() - started < timeout:
+        time.sleep(step)
+        now = cpu_seconds(pids)
+        if now - before < busy * step:
+            break
+        before = now
+    return time.monotonic() - started
 
 
 def wrk_with_cpu(peer, n, opts, close, **extra_env):
