@@ -1,0 +1,171 @@
+"""PostgreSQL backend: several bridge replicas share one database through a connection pool."""
+import functools
+import hashlib
+import logging
+import os
+import time
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from bridge.store import StoreError, StoreUnavailableError
+from bridge.store.sql import SQLStore
+
+log = logging.getLogger("bridge")
+
+# Every wait is bounded, so an outage answers 503 within seconds instead of hanging a
+# worker thread: connecting, and unacknowledged data on a silently dead network path.
+# A URL may set any of these itself; these are only defaults.
+CONNECT_DEFAULTS = {
+    "connect_timeout": "3",
+    "tcp_user_timeout": "5000",  # ms
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "2",
+    "application_name": "heartbeat-bridge",
+}
+# server_id sorts by code point, as in SQLite, whatever the database's default collation.
+_COLUMN_REWRITES = (("server_id TEXT PRIMARY KEY", 'server_id TEXT COLLATE "C" PRIMARY KEY'),)
+
+
+@functools.lru_cache(maxsize=512)
+def _to_pyformat(sql):
+    """sql.py's `?` placeholders as psycopg's `%s` (its SQL holds no literal `?` or `%`)."""
+    for old, new in _COLUMN_REWRITES:
+        sql = sql.replace(old, new)
+    return sql.replace("?", "%s")
+
+
+class _QmarkCursor(psycopg.Cursor):
+    """A cursor that takes the portable SQL of sql.py."""
+
+    def execute(self, query, params=None, **kwargs):
+        return super().execute(_to_pyformat(query), params or None, **kwargs)
+
+
+class PostgresStore(SQLStore):
+    """A store in one PostgreSQL database (or schema), shared by every replica.
+
+    Safe for the threads of a worker (one pool per process) and across forks: a process
+    that inherits a store opens its own pool on first use and never touches the parent's
+    connections. Writes run at READ COMMITTED with row locks (FOR UPDATE), so concurrent
+    beats for one server from several replicas count exactly; reads run as one
+    REPEATABLE READ snapshot. Schema creation and registration under the server cap are
+    serialized by transaction-scoped advisory locks.
+    """
+
+    for_update = " FOR UPDATE"
+
+    def __init__(self, url, clock=time.time, pool_size=4, timeout=5.0, **_):
+        super().__init__(clock)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise StoreError(f"invalid PostgreSQL URL: {exc}") from None
+        for key, value in CONNECT_DEFAULTS.items():
+            params.setdefault(key, value)
+        self.conninfo = make_conninfo("", **params)
+        self.where = _describe(params)
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._inherited = []  # pools of a parent process: kept, never closed, in a child
+        self._pool, self._pid = None, None
+        # One direct connection first: a wrong host, password or database name fails
+        # here with libpq's own message instead of a pool timeout.
+        with self._translate_errors():
+            psycopg.connect(self.conninfo).close()
+        self.create_schema()
+
+    # -- connections ---------------------------------------------------------------------
+    def _current_pool(self):
+        if self._pid != os.getpid():
+            if self._pool is not None:
+                # Closing inherited connections would end the parent's sessions too.
+                self._inherited.append(self._pool)
+            self._pool = ConnectionPool(
+                self.conninfo, min_size=1, max_size=self.pool_size, timeout=self.timeout,
+                # A failing connection attempt backs off exponentially; give up after a
+                # few seconds so that the next request after an outage connects at once.
+                reconnect_timeout=self.timeout,
+                kwargs={"autocommit": True, "cursor_factory": _QmarkCursor},
+                name=f"heartbeat-bridge-{os.getpid()}", open=True)
+            self._pid = os.getpid()
+        return self._pool
+
+    @contextmanager
+    def _checked_out(self, begin):
+        """A pooled connection with `begin` executed; stale connections (left by a database
+        restart or network cut) fail at BEGIN, before anything is done, and are replaced."""
+        pool = self._current_pool()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            conn = pool.getconn(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                conn.execute(begin)
+            except psycopg.OperationalError:
+                pool.putconn(conn)  # a broken one is discarded and replaced by the pool
+                if not conn.broken or time.monotonic() >= deadline:
+                    raise
+                continue
+            try:
+                yield conn
+            finally:
+                pool.putconn(conn)
+            return
+
+    @contextmanager
+    def _translate_errors(self):
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # PoolTimeout and lost connections included; the transaction was rolled back.
+            raise StoreUnavailableError(f"postgresql {self.where}: {_first_line(exc)}") from exc
+
+    @contextmanager
+    def _transaction(self, write):
+        begin = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        with self._translate_errors(), self._checked_out(begin) as conn, conn.cursor() as cur:
+            try:
+                yield cur
+            except BaseException:
+                _rollback(conn)
+                raise
+            cur.execute("COMMIT")
+
+    def _lock(self, cur, name):
+        """A transaction-scoped advisory lock, per name and per schema."""
+        cur.execute("SELECT pg_advisory_xact_lock(?::integer, "
+                    "hashtext(COALESCE(current_schema(), '')))", (_lock_key(name),))
+
+    def close(self):
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.close(timeout=self.timeout)
+        self._pool = None
+
+
+def _lock_key(name):
+    """A stable 32-bit key for a lock name (Python's hash() changes per process)."""
+    digest = hashlib.blake2b(f"heartbeat-bridge:{name}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _rollback(conn):
+    if conn.broken:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error as exc:  # the pool discards or resets the connection anyway
+        log.debug("rollback failed: %s", exc)
+
+
+def _describe(params):
+    """host:port/dbname of a connection, for messages (never the password)."""
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
