@@ -192,6 +192,41 @@ def tokens_revoke(args, settings):
     print(f"revoked the token of {args.server_id}")
 
 
+# -- migrate ---------------------------------------------------------------------------------
+def migrate(args, settings):
+    """Copy every server and counter from a SQLite file into PostgreSQL; safe to re-run."""
+    from bridge.store import open_store
+    path = args.source[len("sqlite:///"):] if args.source.startswith("sqlite:///") else ""
+    if not path or not os.path.isfile(path):
+        raise ConfigError(f"--from: expected sqlite:///PATH of an existing file, "
+                          f"got {args.source!r}")
+    if not args.target.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--to: expected postgresql://..., got {args.target!r}")
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ConfigError("PostgreSQL support is not installed: "
+                          "pip install 'heartbeat-bridge[postgres]'") from None
+    try:
+        conninfo_to_dict(args.target)
+    except ProgrammingError as exc:
+        raise ConfigError(f"--to: unusable URL: {str(exc).strip()}") from None
+    source = open_store(args.source)
+    target = open_store(args.target, pool_size=1)
+    try:
+        rows, rejected = source.export_rows()
+        _, already = target.export_rows()
+        # Counters only grow: add what the target lacks, so a second run adds nothing.
+        missing = {r: n - already.get(r, 0) for r, n in rejected.items() if n > already.get(r, 0)}
+        target.import_rows(rows, missing)
+    finally:
+        source.close()
+        target.close()
+    print(f"copied {len(rows)} servers and {len(rejected)} rejection counters "
+          f"from {path} to PostgreSQL {target.where}")
+
+
 def _number(text, name):
     try:
         return float(text)
@@ -271,6 +306,11 @@ def _parser():
                    help="the old token stays valid this long (e.g. 1h)")
     p = command(tsub, "revoke", tokens_revoke, "remove a server's token")
     p.add_argument("server_id")
+
+    p = command(sub, "migrate", migrate,
+                "copy every server from a SQLite file into PostgreSQL (re-runnable)")
+    p.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH")
+    p.add_argument("--to", dest="target", required=True, metavar="postgresql://...")
     return parser
 
 
