@@ -466,7 +466,7 @@ class Agent:
                 elif last_reason is None:
                     self.log("up: the bridge accepted the first beat")
                 failures, last_reason = 0, ""
-                slot += max(1, -(-(now - slot) // interval)) * interval  # next slot after now
+                slot = _next_slot(slot, now, interval)
                 due = slot + self.uniform(0, JITTER * interval)
                 continue
             failures += 1
@@ -478,7 +478,7 @@ class Agent:
             elif outcome.status is not None and 400 <= outcome.status < 500 \
                     and outcome.status not in (408, 429):
                 # retrying sooner cannot fix a refused token or id: keep the schedule
-                slot += max(1, -(-(now - slot) // interval)) * interval
+                slot = _next_slot(slot, now, interval)
                 due = slot + self.uniform(0, JITTER * interval)
             else:
                 ceiling = min(interval, FIRST_BACKOFF * 2 ** min(failures - 1, 20))
@@ -490,6 +490,11 @@ class Agent:
             if left <= 0:
                 return
             self.sleep(left)
+
+
+def _next_slot(slot, now, interval):
+    """The first slot of the grid slot + k * interval (k >= 1) not before now."""
+    return slot + max(1, -(-(now - slot) // interval)) * interval
 
 
 def _log(message):
