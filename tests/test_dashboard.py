@@ -102,7 +102,7 @@ def test_panel_ids_are_unique_and_the_grid_has_no_overlaps():
 
 def test_dashboard_shows_fleet_counts_servers_states_beats_and_bridge_health():
     by_title = {panel["title"]: panel for panel in panels()}
-    for title in ("Up", "Missing", "Never seen", "Paused"):
+    for title in ("Up", "Missing", "Never seen", "Paused", "Away", "Retired"):
         assert by_title[title]["type"] == "stat"
     table = by_title["Servers"]
     overrides = json.dumps(table["fieldConfig"]["overrides"])
@@ -185,7 +185,7 @@ def beat(bridge, server_id):
 
 @pytest.fixture
 def fleet(tmp_path):
-    """A real bridge with 5 servers (2 beating every second) and a real Prometheus on it."""
+    """A real bridge with 7 servers (2 beating every second) and a real Prometheus on it."""
     require_binary("prometheus")
     bridge = Bridge(f"sqlite:///{tmp_path / 'hb.db'}", HEARTBEAT_TOKEN=FLEET_TOKEN,
                     HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN).start()
@@ -193,13 +193,19 @@ def fleet(tmp_path):
     prometheus = None
     try:
         servers = {"web-1": ("web", 1), "db-1": ("db", 1), "gone-1": ("web", 1),
-                   "maint-1": ("web", 1), "never-1": ("ops", 60)}
+                   "maint-1": ("web", 1), "never-1": ("ops", 60), "away-1": ("db", 1),
+                   "old-1": ("ops", 1)}
         for server_id, (team, interval) in servers.items():
             admin(bridge, "POST", "", json={"server_id": server_id, "labels": {"team": team},
                                             "interval": interval})
-        for server_id in ("web-1", "db-1", "gone-1", "maint-1"):
+        for server_id in ("web-1", "db-1", "gone-1", "maint-1", "away-1", "old-1"):
             beat(bridge, server_id)
         admin(bridge, "POST", "/maint-1/pause", json={"reason": "test"})
+        admin(bridge, "POST", "/old-1/retire")
+        goodbye = requests.post(f"{bridge.url}/api/heartbeat/away-1/goodbye", timeout=5,
+                                json={"back_within": 600},
+                                headers={"Authorization": f"Bearer {FLEET_TOKEN}"})
+        assert goodbye.status_code == 200, goodbye.text
         # One rejected beat, so that "Rejected beats by reason" has a series.
         assert bridge.beat("web-1", token="not-a-token").status_code == 401
 
@@ -235,11 +241,15 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_on_a_real_bri
     teams = requests.get(f"{prometheus.url}/api/v1/label/team/values",
                          params={"match[]": "heartbeat_last_seen_seconds"}, timeout=5).json()
     assert set(teams["data"]) == {"web", "db", "ops"}
+    # Only gone-1 may alert: paused, away, retired and never seen (within its grace) do not.
+    alerting = {row["metric"].get("server_id") for row in prometheus.query("ALERTS")}
+    assert alerting == {"gone-1"}
 
 
 def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
     bridge, prometheus = fleet
-    expected = {"Up": 2, "Missing": 1, "Late": 0, "Never seen": 1, "Paused": 1, "Registered": 5}
+    expected = {"Up": 2, "Late": 0, "Missing": 1, "Never seen": 1, "Paused": 1, "Away": 1,
+                "Retired": 1, "Registered": 7}
     stats = {panel["title"]: substitute(panel["targets"][0]["expr"])
              for panel in panels() if panel["type"] == "stat"}
     assert set(stats) == set(expected)
@@ -253,6 +263,7 @@ def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
         raise AssertionError(f"counts {counts()} != {expected}")
     states = {row["metric"]["server_id"]: float(row["value"][1]) for row in prometheus.query(
         substitute(next(p for p in panels() if p["title"] == "Server state")["targets"][0]["expr"]))}
-    assert states == {"web-1": 0, "db-1": 0, "gone-1": 2, "maint-1": 3, "never-1": 4}
+    assert states == {"web-1": 0, "db-1": 0, "gone-1": 2, "maint-1": 3, "never-1": 4,
+                      "away-1": 5, "old-1": 6}
     # Silence is measured at the scrape: a server beating every second reads under 2 s.
     assert -0.5 < prometheus.value('heartbeat:silence_seconds:max{server_id="web-1"}') < 2

@@ -13,7 +13,8 @@ RULE_TESTS = sorted((ROOT / "prometheus" / "tests").glob("*.yml"))
 ALERTMANAGER = ROOT / "alertmanager" / "alertmanager.yml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RUNBOOK_BASE = "https://github.com/heartbeat-bridge/heartbeat-bridge/blob/main/docs/runbook.md#"
-# Alerts computed per server: one alert per server, operator labels kept, pause honoured.
+# Alerts computed per server: one alert per server, operator labels kept, and silent while
+# the server is excused (paused, retired or away).
 PER_SERVER = {"HeartbeatMissing", "HeartbeatNeverSeen", "HeartbeatFlapping",
               "HeartbeatServerRebooted", "HeartbeatClockSkew"}
 
@@ -108,16 +109,20 @@ def test_alerts_are_routed_by_team_then_severity(labels, receiver):
     assert result.stdout.split() == [receiver], result.output
 
 
-def test_bridge_outages_and_mass_silence_inhibit_the_per_server_alerts():
+def test_bridge_outages_and_mass_or_group_silence_inhibit_the_per_server_alerts():
     config = yaml.safe_load(ALERTMANAGER.read_text())
     inhibited_by = {}
     for rule in config["inhibit_rules"]:
         sources = re.search(r'"(.*)"', rule["source_matchers"][0]).group(1).split("|")
         targets = re.search(r'"(.*)"', rule["target_matchers"][0]).group(1).split("|")
         assert "job" in rule["equal"]
+        for grouping in set(rule["equal"]) - {"job", "server_id"}:
+            # a group's alert mutes only servers of that group, never those without the label
+            assert f'{grouping}=~".+"' in rule["source_matchers"]
         for target in targets:
             inhibited_by.setdefault(target, set()).update(sources)
-    for source in ("HeartbeatBridgeDown", "HeartbeatBridgeAbsent", "HeartbeatMassSilence"):
+    for source in ("HeartbeatBridgeDown", "HeartbeatBridgeAbsent", "HeartbeatMassSilence",
+                   "HeartbeatGroupSilent", "HeartbeatNoIngest"):
         assert source in inhibited_by["HeartbeatMissing"]
     assert config["route"]["group_by"] == ["alertname", "server_id"]
 
@@ -143,9 +148,9 @@ def test_every_runbook_url_points_at_a_heading_of_the_runbook():
 
 @pytest.mark.parametrize("alert", [a for a in alerts() if a["alert"] in PER_SERVER],
                          ids=lambda rule: rule["alert"])
-def test_per_server_alerts_aggregate_replicas_keep_labels_and_skip_paused(alert):
+def test_per_server_alerts_aggregate_replicas_keep_labels_and_skip_excused_servers(alert):
     expr = alert["expr"]
-    assert "unless on (server_id) heartbeat_paused == 1" in expr
+    assert "unless on (job, server_id) heartbeat:excused:max" in expr
     assert not re.search(r"\bby\s*\(\s*server_id", expr), "by (server_id) drops operator labels"
     uses_recorded = "heartbeat:" in expr
     assert uses_recorded or "without (instance, pod)" in expr
