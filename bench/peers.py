@@ -111,11 +111,12 @@ class Peer:
     def stop(self):
         if self.process is not None:
             self.process.stop()
+            self.process.log_path.unlink(missing_ok=True)
             self.process = None
 
 
 class BridgePeer(Peer):
-    """`heartbeat-bridge serve` with its default settings (see bench/README.md for the two set)."""
+    """`heartbeat-bridge serve`: default settings plus a fleet token, rate limit off (README)."""
 
     script = "beat.lua"
 
@@ -164,8 +165,8 @@ class BridgePeer(Peer):
 
     def start(self):
         env = self._env()
-        env.update(HEARTBEAT_BIND=f"127.0.0.1:{self.port}", HEARTBEAT_DATABASE_URL=self.database_url,
-                   HEARTBEAT_TOKEN=TOKEN, HEARTBEAT_LOG_LEVEL="warning",
+        env.update(HEARTBEAT_BIND=f"127.0.0.1:{self.port}",
+                   HEARTBEAT_DATABASE_URL=self.database_url, HEARTBEAT_TOKEN=TOKEN,
                    # wrk revisits each id many times a second; a real fleet beats once per
                    # interval. Measure accepting beats, not answering 429 (bench/README.md).
                    HEARTBEAT_RATE_LIMIT_BURST="0")

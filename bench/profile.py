@@ -28,7 +28,7 @@ BUCKETS = (
     "store: write lock (waiting, handing over)",
     "store: BEGIN, SELECT, UPDATE",
     "store: COMMIT (WAL append)",
-    "response: JSON answer (jsonify)",
+    "response: the JSON answer",
     "request metrics (http_metrics)",
     "other bridge code (view glue, rejections, ...)",
 )
@@ -68,7 +68,7 @@ def _bridge_bucket(path, text, func):
         return "request metrics (http_metrics)"
     if path.startswith("bridge/views/") and ("jsonify" in text or "json.dumps" in text
                                              or "Response(" in text):
-        return "response: JSON answer (jsonify)"
+        return "response: the JSON answer"
     if path.startswith("bridge/views/") and ("check_beat" in text or "auth" in text):
         return "auth: token hash and compare"
     if path.startswith("bridge/views/") and ("record_beat" in text or "store" in text):

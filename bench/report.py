@@ -1,5 +1,6 @@
 """Results of a run as markdown (targets with PASS/MISS, then the measurements) and a plot."""
 import math
+import os
 import platform
 import subprocess
 import time
@@ -93,6 +94,14 @@ def targets(run):
     return out
 
 
+def _pair(close, keepalive, peer_row):
+    """Ratios to a Pushgateway row: new connection / kept alive."""
+    if peer_row is None:
+        return "- / -"
+    return (f"{_x(close['rps'], peer_row['close']['rps'])} / "
+            f"{_x(keepalive['rps'], peer_row['keepalive']['rps'])}")
+
+
 def _x(mine, theirs):
     ratio = _ratio(mine, theirs)
     return "-" if ratio is None else "inf" if math.isinf(ratio) else f"{ratio:.2f}x"
@@ -104,76 +113,104 @@ def _fmt(value, spec):
     return "inf" if math.isinf(value) else format(value, spec)
 
 
-def markdown(run, started_at, extra_notes=()):
+def _table(header, rows, align):
+    """A markdown table: header cells, rows of cells, one alignment mark per column."""
+    return (["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def markdown(run, started_at):
+    """The whole report: how it ran, the targets, then every measurement."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started_at))
+    return "\n".join([f"# heartbeat-bridge vs Prometheus Pushgateway: {when}", ""]
+                     + _header(run) + _targets_section(run) + _beats_section(run)
+                     + _paced_section(run) + _scrape_section(run)
+                     + _profile_lines(run.profile,
+                                      _one(run, "bridge-sqlite", run.profile.get("servers")))
+                     ) + "\n"
+
+
+def _header(run):
     opts = run.options
-    lines = [f"# heartbeat-bridge vs Prometheus Pushgateway: {time.strftime('%Y-%m-%d %H:%M', time.localtime(started_at))}",
-             "",
-             f"- bridge: {run.bridge_source}, default settings except `HEARTBEAT_RATE_LIMIT_BURST=0`"
-             " (see bench/README.md); SQLite WAL file in a temp dir",
-             f"- peer: {_pushgateway_version()}, default settings; and with "
-             "`--push.disable-consistency-check`",
-             f"- load: wrk -t{opts.threads} -c{opts.connections}, {opts.duration:g} s per run, "
-             "beats spread over all servers, every peer prefilled with all of them",
-             f"- machine: {_cpus()} CPUs, Python {platform.python_version()}; load average "
-             f"before {_load(run.load_before)}, after {_load(run.load_after)} "
-             "(other work shared this machine)",
-             "- ratios are bridge / Pushgateway measured in the same run", ""]
-    lines += ["## Targets", "", "| target | peer | servers | measured | result |",
-              "|---|---|---:|---|---|"]
-    for name, peer, n, measured, verdict in targets(run):
-        lines.append(f"| {name} | {peer} | {n:,} | {measured} | **{verdict}** |")
-    lines += ["", "## Beats", "",
-              "| peer | servers | new conn beats/s | p50 ms | p99 ms | kept-alive beats/s | "
-              "p50 ms | p99 ms | non-2xx | vs PGW default | vs PGW no-check | CPU us/beat |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    return [
+        f"- bridge: {run.bridge_source}; default settings but a fleet token and "
+        "`HEARTBEAT_RATE_LIMIT_BURST=0` (bench/README.md); SQLite WAL file in a temp dir",
+        f"- peer: {_pushgateway_version()}, default settings; and with "
+        "`--push.disable-consistency-check`",
+        f"- load: wrk -t{opts.threads} -c{opts.connections}, {opts.duration:g} s per run, beats "
+        "spread over all servers, every peer prefilled with all of them",
+        f"- machine: {os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
+        f"(1/5/15 min) before {_load(run.load_before)}, after {_load(run.load_after)}: "
+        "other work shared this machine",
+        "- ratios are bridge / Pushgateway, measured in the same run", ""]
+
+
+def _targets_section(run):
+    rows = [(name, peer, f"{n:,}", measured, f"**{verdict}**")
+            for name, peer, n, measured, verdict in targets(run)]
+    return ["## Targets", ""] + _table(("target", "peer", "servers", "measured", "result"),
+                                       rows, ("---", "---", "---:", "---", "---")) + [""]
+
+
+def _beats_section(run):
+    rows = []
     for row in run.rows:
         if "skipped" in row:
-            lines.append(f"| {row['peer']} | {row['servers']:,} | skipped: {row['skipped']} "
-                         "| | | | | | | | | |")
+            rows.append((row["peer"], f"{row['servers']:,}", f"skipped: {row['skipped']}")
+                        + ("",) * 9)
             continue
         c, k = row["close"], row["keepalive"]
         d, f = _one(run, PG_DEFAULT, row["servers"]), _one(run, PG_FAST, row["servers"])
-        lines.append(
-            f"| {row['peer']} | {row['servers']:,} | {c['rps']:,.0f} | {c['p50_ms']:.1f} | "
-            f"{c['p99_ms']:.1f} | {k['rps']:,.0f} | {k['p50_ms']:.1f} | {k['p99_ms']:.1f} | "
-            f"{c['non_2xx'] + k['non_2xx'] + c['socket_errors'] + k['socket_errors']} | "
-            f"{_x(c['rps'], d and d['close']['rps'])} / "
-            f"{_x(k['rps'], d and d['keepalive']['rps'])} | "
-            f"{_x(c['rps'], f and f['close']['rps'])} / "
-            f"{_x(k['rps'], f and f['keepalive']['rps'])} | "
-            f"{_fmt(c.get('cpu_us_per_beat'), ',.0f')} / {_fmt(k.get('cpu_us_per_beat'), ',.0f')} |")
-    lines += ["", "Ratios and CPU: new connection / kept alive. non-2xx counts wrk's status and "
-              "socket errors of both runs. CPU us/beat: user + system CPU of the peer's processes "
-              "during the run, divided by the beats accepted (less noisy than beats/s on a shared "
-              "machine).", "",
-              f"## Latency at a fixed rate ({opts.rate_fraction:.0%} of the new-connection maximum)",
-              "", "| peer | servers | target /s | achieved /s | p50 ms | p99 ms | errors | "
-              "pacing delay ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        errors = c["non_2xx"] + k["non_2xx"] + c["socket_errors"] + k["socket_errors"]
+        rows.append((
+            row["peer"], f"{row['servers']:,}", f"{c['rps']:,.0f}", f"{c['p50_ms']:.1f}",
+            f"{c['p99_ms']:.1f}", f"{k['rps']:,.0f}", f"{k['p50_ms']:.1f}",
+            f"{k['p99_ms']:.1f}", errors,
+            _pair(c, k, d), _pair(c, k, f),
+            f"{_fmt(c.get('cpu_us_per_beat'), ',.0f')} / "
+            f"{_fmt(k.get('cpu_us_per_beat'), ',.0f')}"))
+    header = ("peer", "servers", "new conn beats/s", "p50 ms", "p99 ms", "kept-alive beats/s",
+              "p50 ms", "p99 ms", "non-2xx", "vs PGW default", "vs PGW no-check", "CPU us/beat")
+    return ["## Beats", ""] + _table(header, rows, ("---",) + ("---:",) * 11) + [
+        "", "Ratios and CPU: new connection / kept alive. non-2xx counts wrk's status and "
+        "socket errors of both runs. CPU us/beat: user + system CPU of the peer's processes "
+        "during the run over the beats accepted (steadier than beats/s on a shared machine).",
+        ""]
+
+
+def _paced_section(run):
+    rows = []
     for row in _rows(run):
         fr = row["fixed_rate"]
-        lines.append(f"| {row['peer']} | {row['servers']:,} | {fr['target_rps']:,.0f} | "
-                     f"{fr['achieved_rps']:,.0f} | {fr['p50_ms']:.1f} | {fr['p99_ms']:.1f} | "
-                     f"{fr['non_2xx'] + fr['socket_errors']} | {fr['delay_ms']} |")
-    lines += ["", "New connection per beat, paced by wrk (each connection waits a fixed delay "
-              "after each answer; wrk has no fixed-rate mode, so a stall delays later beats "
-              "instead of queueing them: the p99 is a lower bound)."]
-    lines += ["", "## /metrics and memory", "",
-              "| peer | servers | series seen | plain s | plain MB | gzip s | gzip MB | "
-              "RSS after beats MB | RSS after scrapes MB (total / largest process) | prefill+start s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows.append((row["peer"], f"{row['servers']:,}", f"{fr['target_rps']:,.0f}",
+                     f"{fr['achieved_rps']:,.0f}", f"{fr['p50_ms']:.1f}", f"{fr['p99_ms']:.1f}",
+                     fr["non_2xx"] + fr["socket_errors"], fr["delay_ms"]))
+    header = ("peer", "servers", "target /s", "achieved /s", "p50 ms", "p99 ms", "errors",
+              "pacing delay ms")
+    return ([f"## Latency at a fixed rate ({run.options.rate_fraction:.0%} of the "
+             "new-connection maximum)", ""]
+            + _table(header, rows, ("---",) + ("---:",) * 7)
+            + ["", "New connection per beat, paced by wrk: each connection waits a fixed delay "
+               "after each answer (wrk has no fixed-rate mode), so a stall delays later beats "
+               "instead of queueing them, and the p99 is a lower bound.", ""])
+
+
+def _scrape_section(run):
+    rows = []
     for row in _rows(run):
         s = row["scrape"]
-        lines.append(f"| {row['peer']} | {row['servers']:,} | {s['series']:,} | "
-                     f"{s['plain_s']:.3f} | {s['plain_bytes'] / MB:.2f} | {s['gzip_s']:.3f} | "
-                     f"{s['gzip_bytes'] / MB:.2f} | {sum(row['rss_after_beats']) / MB:.0f} | "
-                     f"{sum(row['rss']) / MB:.0f} / {max(row['rss']) / MB:.0f} | "
-                     f"{row['prefill_s']:.1f} |")
-    lines += ["", "/metrics times are the median of a few scrapes to the last byte (one when a "
-              "scrape takes over 10 s); RSS sums the gunicorn master and workers."]
-    lines += _profile_lines(run.profile, _one(run, "bridge-sqlite", run.profile.get("servers")))
-    if extra_notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in extra_notes]
-    return "\n".join(lines) + "\n"
+        rows.append((row["peer"], f"{row['servers']:,}", f"{s['series']:,}",
+                     f"{s['plain_s']:.3f}", f"{s['plain_bytes'] / MB:.2f}", f"{s['gzip_s']:.3f}",
+                     f"{s['gzip_bytes'] / MB:.2f}", f"{sum(row['rss_after_beats']) / MB:.0f}",
+                     f"{sum(row['rss']) / MB:.0f} / {max(row['rss']) / MB:.0f}",
+                     f"{row['prefill_s']:.1f}"))
+    header = ("peer", "servers", "series seen", "plain s", "plain MB", "gzip s", "gzip MB",
+              "RSS after beats MB", "RSS after scrapes MB (total / largest process)",
+              "prefill+start s")
+    return ["## /metrics and memory", ""] + _table(header, rows, ("---",) + ("---:",) * 9) + [
+        "", "/metrics: median time to the last byte of a few scrapes (one when a scrape takes "
+        "over 10 s), once the peer is idle; series seen counts heartbeat_last_seen_seconds. "
+        "RSS sums the gunicorn master and workers."]
 
 
 def _profile_lines(prof, unprofiled_row=None):
@@ -182,28 +219,26 @@ def _profile_lines(prof, unprofiled_row=None):
     if "error" in prof:
         return ["", "## Where a beat's time goes", "", f"profile failed: {prof['error']}"]
     wall, cpu = prof["wall"], prof["cpu"]
-    lines = ["", f"## Where a beat's time goes (bridge-sqlite, {prof['servers']:,} servers, "
-             "new connection per beat, py-spy over all workers)", "",
-             "| part | CPU (GIL held) | CPU us per beat | thread time (wall, waits included) |",
-             "|---|---:|---:|---:|"]
     # The CPU cost of a beat from the unprofiled run at the same size when there is one:
     # the profiler perturbs the process it samples.
     per_beat = ((unprofiled_row or {}).get("close", {}).get("cpu_us_per_beat")
                 or cpu.get("cpu_us_per_beat") or 0)
-    for bucket in wall["shares"]:
-        lines.append(f"| {bucket} | {cpu['shares'][bucket]:.1%} | "
-                     f"{cpu['shares'][bucket] * per_beat:,.0f} | {wall['shares'][bucket]:.1%} |")
-    lines.append(f"| **all** | 100% | {per_beat:,.0f} | 100% |")
-    lines += ["", f"Samples: CPU {cpu['busy_samples']:,}, wall {wall['busy_samples']:,} busy "
-              f"({wall['idle_samples']:,} idle thread samples left out); throughput while "
-              f"profiled {cpu['rps_while_profiled']:,.0f} and {wall['rps_while_profiled']:,.0f} "
-              "beats/s (py-spy costs CPU too). CPU us per beat: the bridge's CPU time over the "
-              "beats it accepted in the unprofiled new-connection run at this size (else the "
-              "profiled one: "
-              f"{_fmt(cpu.get('cpu_us_per_beat'), ',.0f')} us), split by the CPU shares (samples that "
-              "hold the GIL; C code that releases it, such as SQLite and socket calls, is "
-              "under-counted there)."]
-    return lines
+    rows = [(bucket, f"{cpu['shares'][bucket]:.1%}", f"{cpu['shares'][bucket] * per_beat:,.0f}",
+             f"{wall['shares'][bucket]:.1%}") for bucket in wall["shares"]]
+    rows.append(("**all**", "100%", f"{per_beat:,.0f}", "100%"))
+    header = ("part", "CPU (GIL held)", "CPU us per beat", "thread time (wall, waits included)")
+    return (["", f"## Where a beat's time goes (bridge-sqlite, {prof['servers']:,} servers, "
+             "new connection per beat, py-spy over all workers)", ""]
+            + _table(header, rows, ("---", "---:", "---:", "---:"))
+            + ["", f"Samples: CPU {cpu['busy_samples']:,}, wall {wall['busy_samples']:,} busy "
+               f"({wall['idle_samples']:,} idle thread samples left out). Throughput while "
+               f"profiled: {cpu['rps_while_profiled']:,.0f} and "
+               f"{wall['rps_while_profiled']:,.0f} beats/s (py-spy costs CPU too). CPU us per "
+               "beat: the bridge's CPU time per accepted beat in the unprofiled new-connection "
+               "run at this size (in the profiled run: "
+               f"{_fmt(cpu.get('cpu_us_per_beat'), ',.0f')} us), split by the CPU shares. "
+               "Those count samples holding the GIL, so C code that releases it (SQLite, "
+               "socket calls) is under-counted there; the wall view shows waits."])
 
 
 def plot(run, path):
@@ -243,11 +278,6 @@ def _pushgateway_version():
                                                                    "Pushgateway")
     except (OSError, IndexError, subprocess.SubprocessError):
         return "Pushgateway (version unknown)"
-
-
-def _cpus():
-    import os
-    return os.cpu_count()
 
 
 def _load(avg):
