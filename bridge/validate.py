@@ -133,6 +133,8 @@ def _optional(data, name, check):
 
 
 def _check_seq(value):
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 7.0 and 1e3 are integers too
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise InvalidInputError("invalid_field", "seq must be a non-negative integer", 422)
     return value
