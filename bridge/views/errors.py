@@ -9,7 +9,9 @@ def init_app(app):
     @app.errorhandler(HTTPException)
     def http_error(exc):
         reason = (exc.name or "error").lower().replace(" ", "_")
-        return error(reason, exc.code or 500, exc.description or exc.name)
+        # Keep what the exception says beyond its body: `Allow` on a 405, for one.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error(reason, exc.code or 500, exc.description or exc.name, headers)
 
     @app.errorhandler(StoreUnavailableError)
     def store_unavailable(exc):
