@@ -12,14 +12,26 @@ LATE_AFTER = 1.5
 # `> 3 * interval`; the alert itself pages after its `for:` on top.
 DOWN_AFTER = 3.0
 
-# Worst first: the default order of the page and of the JSON list.
-STATES = ("down", "late", "never_seen", "paused", "up")
+# Worst first: the default order of the page and of the JSON list. Retired servers
+# are out of service, so they come last.
+STATES = ("down", "late", "never_seen", "away", "paused", "up", "retired")
+# The order of the counts, with the names people read on the page.
+STATE_NAMES = {"up": "Up", "late": "Late", "down": "Down", "never_seen": "Never seen",
+               "paused": "Paused", "away": "Away", "retired": "Retired"}
 
 
 def server_state(server, now, default_interval):
-    """'paused', 'never_seen', 'down', 'late' or 'up' for one Server at Unix time now."""
+    """One of STATES for a Server at Unix time now (see docs/states.md).
+
+    Retired, paused and away servers are the ones the alert rules excuse
+    (`heartbeat:excused:max`); the others are judged by their silence.
+    """
+    if server.retired_at is not None:
+        return "retired"
     if server.is_paused(now):
         return "paused"  # an operator's decision outranks what the silence would say
+    if server.is_away(now):
+        return "away"  # said goodbye and is not yet due back
     if not server.last_seen:
         return "never_seen"
     silent = now - server.last_seen
@@ -48,6 +60,8 @@ def server_status(server, now, default_interval):
         "boot_time": server.boot_time,
         "paused_until": server.paused_until if paused else None,
         "pause_reason": server.pause_reason if paused else None,
+        "expected_back": server.expected_back if server.is_away(now) else None,
+        "retired_at": server.retired_at,
     }
 
 
@@ -55,7 +69,7 @@ def fleet_status(servers, now, default_interval):
     """Counts per state, every server worst first, and the thresholds used."""
     rows = [server_status(s, now, default_interval) for s in servers]
     rows.sort(key=lambda row: (STATES.index(row["state"]), row["server_id"]))
-    counts = {state: 0 for state in ("up", "late", "down", "never_seen", "paused")}
+    counts = dict.fromkeys(STATE_NAMES, 0)
     for row in rows:
         counts[row["state"]] += 1
     counts["total"] = len(rows)

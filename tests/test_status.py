@@ -50,6 +50,49 @@ def test_registered_never_seen_and_paused_servers(client, clock):
     assert states(client) == {"new-1": "never_seen", "db-1": "down"}
 
 
+def test_a_server_that_said_goodbye_is_away_until_due_back(client, clock):
+    client.post("/api/heartbeat/web-1", headers=FLEET, json={"interval": 10})
+    response = client.post("/api/heartbeat/web-1/goodbye", headers=FLEET,
+                           json={"back_within": "10m"})
+    assert response.status_code == 200
+    clock.advance(599)
+    server = fleet_status(client)["servers"][0]
+    assert (server["state"], server["expected_back"]) == ("away", clock.now + 1)
+    clock.advance(2)  # not back when promised: judged by its silence again
+    assert states(client) == {"web-1": "down"}
+    client.post("/api/heartbeat/web-1", headers=FLEET, json={"interval": 10})
+    assert states(client) == {"web-1": "up"}
+
+
+def test_a_retired_server_is_retired_however_long_it_is_silent(client, clock):
+    client.post("/api/heartbeat/old-1", headers=FLEET, json={"interval": 10})
+    client.post("/api/servers/old-1/pause", headers=ADMIN)
+    assert client.post("/api/servers/old-1/retire", headers=ADMIN).status_code == 200
+    clock.advance(86400)
+    body = fleet_status(client)
+    assert (body["servers"][0]["state"], body["servers"][0]["retired_at"]) == (
+        "retired", clock.now - 86400)
+    assert body["counts"]["retired"] == 1
+
+
+def test_servers_come_worst_first_and_retired_last(client, clock):
+    for server_id in ("a-up", "b-late", "c-down", "d-away", "e-retired"):
+        client.post(f"/api/heartbeat/{server_id}", headers=FLEET, json={"interval": 10})
+    client.post("/api/heartbeat/d-away/goodbye", headers=FLEET)
+    client.post("/api/servers/e-retired/retire", headers=ADMIN)
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "f-new"})
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "g-paused"})
+    client.post("/api/servers/g-paused/pause", headers=ADMIN)
+    clock.advance(20)
+    client.post("/api/heartbeat/b-late", headers=FLEET, json={"interval": 10})
+    clock.advance(11)
+    client.post("/api/heartbeat/a-up", headers=FLEET, json={"interval": 10})
+    clock.advance(5)  # c-down silent 36 s, b-late 16 s, a-up 5 s
+    assert [(s["server_id"], s["state"]) for s in fleet_status(client)["servers"]] == [
+        ("c-down", "down"), ("b-late", "late"), ("f-new", "never_seen"), ("d-away", "away"),
+        ("g-paused", "paused"), ("a-up", "up"), ("e-retired", "retired")]
+
+
 def test_json_has_counts_thresholds_and_servers_worst_first(client, clock):
     client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1",
                                                     "labels": {"team": "web"}})
@@ -63,13 +106,13 @@ def test_json_has_counts_thresholds_and_servers_worst_first(client, clock):
     assert body["thresholds"] == {"late_after_intervals": 1.5, "down_after_intervals": 3.0,
                                   "default_interval": 30.0}
     assert body["counts"] == {"up": 1, "late": 0, "down": 1, "never_seen": 1, "paused": 0,
-                              "total": 3}
+                              "away": 0, "retired": 0, "total": 3}
     assert [s["server_id"] for s in body["servers"]] == ["down-1", "new-1", "up-1"]
     assert body["servers"][2] == {
         "server_id": "up-1", "state": "up", "last_seen": clock.now - 5,
         "seconds_since_last_seen": 5.0, "interval": 10.0, "labels": {},
         "hostname": "up-1.example", "agent_version": "1.2.3", "boot_time": clock.now - 3605,
-        "paused_until": None, "pause_reason": None}
+        "paused_until": None, "pause_reason": None, "expected_back": None, "retired_at": None}
     never = body["servers"][1]
     assert (never["last_seen"], never["seconds_since_last_seen"], never["labels"],
             never["interval"]) == (None, None, {"team": "web"}, 30.0)
@@ -78,7 +121,7 @@ def test_json_has_counts_thresholds_and_servers_worst_first(client, clock):
 def test_an_empty_fleet_has_zero_counts(client):
     body = fleet_status(client)
     assert body["counts"] == dict.fromkeys(["up", "late", "down", "never_seen", "paused",
-                                            "total"], 0)
+                                            "away", "retired", "total"], 0)
     assert body["servers"] == []
 
 

@@ -18,7 +18,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 # What a rendered row says, by server id, for the fleet of seed_fleet() once settled.
 SETTLED = {"web-up": "Up", "web-late": "Late", "db-down": "Down", "db-new": "Never seen",
-           "ops-paused": "Paused"}
+           "ops-paused": "Paused", "ops-away": "Away", "old-retired": "Retired"}
+STATES = ("up", "late", "down", "never_seen", "paused", "away", "retired")
+FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def api_states(bridge):
 def seed_fleet(bridge, transient=True):
     """One server in every state, through the real admin and beat endpoints.
 
-    With transient=False, only the states that last: up, never seen, paused.
+    With transient=False, only the states that last: up, never seen, paused, away, retired.
     """
     admin(bridge, "POST", "/api/servers", server_id="web-up", labels={"team": "web"})
     admin(bridge, "POST", "/api/servers", server_id="db-new", labels={"team": "db"})
@@ -79,7 +81,13 @@ def seed_fleet(bridge, transient=True):
             "boot_time": 1_700_000_000}
     assert bridge.beat("web-up", token=FLEET_TOKEN, json=beat).status_code == 200
     assert bridge.beat("ops-paused", token=FLEET_TOKEN, json={"interval": 1}).status_code == 200
-    admin(bridge, "POST", "/api/servers/ops-paused/pause", reason="kernel upgrade")
+    admin(bridge, "POST", "/api/servers/ops-paused/pause", reason="kernel upgrade",
+          **{"for": "2h"})
+    for server_id in ("ops-away", "old-retired"):
+        assert bridge.beat(server_id, token=FLEET_TOKEN, json={"interval": 1}).status_code == 200
+    assert requests.post(bridge.url + "/api/heartbeat/ops-away/goodbye", headers=FLEET,
+                         json={"back_within": "1h"}, timeout=5).status_code == 200
+    admin(bridge, "POST", "/api/servers/old-retired/retire")
     if not transient:
         return {k: v for k, v in SETTLED.items() if k not in ("web-late", "db-down")}
     admin(bridge, "POST", "/api/servers", server_id="web-late", labels={"team": "web"})
@@ -89,7 +97,8 @@ def seed_fleet(bridge, transient=True):
     assert bridge.beat("db-down", token=FLEET_TOKEN, json={"interval": 1}).status_code == 200
     wait_until(lambda: api_states(bridge) == {
         "web-up": "up", "web-late": "late", "db-down": "down", "db-new": "never_seen",
-        "ops-paused": "paused"}, timeout=8, interval=0.1, what="late and down states")
+        "ops-paused": "paused", "ops-away": "away", "old-retired": "retired"},
+        timeout=8, interval=0.1, what="late and down states")
     return SETTLED
 
 
@@ -101,8 +110,7 @@ def rows(page):
 
 
 def counts(page):
-    return {state: page.text_content(f"#count-{state}")
-            for state in ("up", "late", "down", "never_seen", "paused")}
+    return {state: page.text_content(f"#count-{state}") for state in STATES}
 
 
 def test_every_state_is_counted_and_shown_and_a_beat_turns_a_row_up_without_reload(
@@ -111,10 +119,9 @@ def test_every_state_is_counted_and_shown_and_a_beat_turns_a_row_up_without_relo
     seed_fleet(bridge)
     page = open_page(bridge)
     expect(page.locator("#count-down")).to_have_text("1")
-    assert counts(page) == {"up": "1", "late": "1", "down": "1", "never_seen": "1",
-                            "paused": "1"}
-    assert rows(page) == [[k, SETTLED[k]] for k in
-                          ("db-down", "web-late", "db-new", "ops-paused", "web-up")]
+    assert counts(page) == dict.fromkeys(STATES, "1")
+    assert rows(page) == [[k, SETTLED[k]] for k in ("db-down", "web-late", "db-new", "ops-away",
+                                                    "ops-paused", "web-up", "old-retired")]
     up_row = page.locator('tr[data-server-id="web-up"]')
     expect(up_row).to_contain_text("web-up.example.net")
     expect(up_row).to_contain_text("agent 1.4.2")
@@ -125,7 +132,10 @@ def test_every_state_is_counted_and_shown_and_a_beat_turns_a_row_up_without_relo
     assert last_seen.get_attribute("datetime").endswith("Z")
     assert last_seen.get_attribute("title").endswith("Z (UTC)")
     expect(page.locator('tr[data-server-id="ops-paused"]')).to_contain_text("kernel upgrade")
+    expect(page.locator('tr[data-server-id="ops-paused"]')).to_contain_text(" UTC")
     expect(page.locator('tr[data-server-id="db-new"]')).to_contain_text("never")
+    expect(page.locator('tr[data-server-id="ops-away"]')).to_contain_text("back by")
+    expect(page.locator('tr[data-server-id="old-retired"]')).to_contain_text("since")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "status.png"), full_page=True)
 
@@ -141,16 +151,17 @@ def test_the_filter_matches_labels_exactly_and_text_anywhere(live_bridge, open_p
     bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
     seed_fleet(bridge, transient=False)
     page = open_page(bridge)
-    expect(page.locator("#servers tbody tr")).to_have_count(3)
+    expect(page.locator("#servers tbody tr")).to_have_count(5)
     cases = {"team=web": ["web-up"], "team=db": ["db-new"], "TEAM=DB": ["db-new"],
              "team=we": [], "kernel": ["ops-paused"], "paused": ["ops-paused"],
+             "ops": ["ops-away", "ops-paused"], "ops away": ["ops-away"],
              "web team=web": ["web-up"], "example.net": ["web-up"], "nothing-like-it": [],
-             "": ["db-new", "ops-paused", "web-up"]}
+             "": ["db-new", "ops-away", "ops-paused", "web-up", "old-retired"]}
     for text, expected in cases.items():
         page.fill("#filter", text)
         assert [server for server, _ in rows(page)] == expected, text
     page.fill("#filter", "team=db")
-    expect(page.locator("#shown")).to_have_text("1 of 3 shown")
+    expect(page.locator("#shown")).to_have_text("1 of 5 shown")
     page.fill("#filter", "zzz")
     expect(page.locator("#empty")).to_be_visible()
 
@@ -160,7 +171,7 @@ def test_filter_and_sort_buttons_are_reachable_and_usable_with_the_keyboard(
     bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
     seed_fleet(bridge, transient=False)
     page = open_page(bridge)
-    expect(page.locator("#servers tbody tr")).to_have_count(3)
+    expect(page.locator("#servers tbody tr")).to_have_count(5)
     reached = []
     for _ in range(4):
         page.keyboard.press("Tab")
@@ -171,11 +182,12 @@ def test_filter_and_sort_buttons_are_reachable_and_usable_with_the_keyboard(
     page.keyboard.press("Shift+Tab")
     page.keyboard.press("Shift+Tab")  # back on the Server button
     page.keyboard.press("Enter")
-    assert [s for s, _ in rows(page)] == ["db-new", "ops-paused", "web-up"]
+    by_id = ["db-new", "old-retired", "ops-away", "ops-paused", "web-up"]
+    assert [s for s, _ in rows(page)] == by_id
     expect(page.locator("th:has(button[data-sort=server_id])")).to_have_attribute(
         "aria-sort", "ascending")
     page.keyboard.press("Space")
-    assert [s for s, _ in rows(page)] == ["web-up", "ops-paused", "db-new"]
+    assert [s for s, _ in rows(page)] == by_id[::-1]
     expect(page.locator("th:has(button[data-sort=server_id])")).to_have_attribute(
         "aria-sort", "descending")
     page.focus("button[data-sort=last_seen]")
@@ -190,7 +202,7 @@ def test_a_phone_width_screen_has_no_horizontal_overflow(live_bridge, open_page)
     seed_fleet(bridge, transient=False)
     # Dark, to get a look at the other palette in the screenshot too.
     page = open_page(bridge, viewport={"width": 390, "height": 844}, color_scheme="dark")
-    expect(page.locator("#servers tbody tr")).to_have_count(3)
+    expect(page.locator("#servers tbody tr")).to_have_count(5)
     widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], widths
     ARTIFACTS.mkdir(exist_ok=True)

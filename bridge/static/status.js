@@ -6,10 +6,11 @@
   const body = document.body;
   const API = body.dataset.api;
   const REFRESH_MS = Number(body.dataset.refresh || 5) * 1000;
-  const STATE_TEXT = {
-    up: "Up", late: "Late", down: "Down", never_seen: "Never seen", paused: "Paused",
-  };
-  const STATE_ORDER = ["down", "late", "never_seen", "paused", "up"];
+  // State names come from the count tiles, so the page names each state in one place.
+  const STATE_TEXT = {};
+  document.querySelectorAll(".count[data-state]").forEach((tile) => {
+    STATE_TEXT[tile.dataset.state] = tile.querySelector(".name").textContent;
+  });
 
   const view = { data: null, sort: "state", descending: false, terms: [] };
   const tbody = document.querySelector("#servers tbody");
@@ -74,7 +75,7 @@
 
   const COMPARE = {
     server_id: (a, b) => a.server_id.localeCompare(b.server_id),
-    state: (a, b) => STATE_ORDER.indexOf(a.state) - STATE_ORDER.indexOf(b.state),
+    state: (a, b) => a.rank - b.rank,  // the bridge sends servers worst state first
     last_seen: (a, b) => silence(a) - silence(b) || 0,
   };
 
@@ -99,21 +100,32 @@
     return td;
   }
 
+  // Under the state: why, and until when (pause), when due back (away), since when (retired).
+  const STATE_DETAIL = {
+    paused: (row) => [row.paused_until && ["until ", row.paused_until], row.pause_reason],
+    away: (row) => [row.expected_back && ["back by ", row.expected_back]],
+    retired: (row) => [row.retired_at && ["since ", row.retired_at]],
+  };
+
   function stateCell(row) {
     const parts = [el("span", STATE_TEXT[row.state], "badge state-" + row.state)];
-    if (row.state === "paused" && row.paused_until) {
-      parts.push(el("span", " until ", "detail"));
-      parts.push(timeIn(row.paused_until));
-    }
-    if (row.state === "paused" && row.pause_reason) {
-      parts.push(el("span", row.pause_reason, "detail reason"));
-    }
+    (STATE_DETAIL[row.state] ? STATE_DETAIL[row.state](row) : []).forEach((detail) => {
+      if (!detail) return;
+      const line = el("span", null, "detail line");
+      if (typeof detail === "string") {
+        line.textContent = detail;
+      } else {
+        line.append(detail[0], exactTime(detail[1]));
+      }
+      parts.push(line);
+    });
     return parts;
   }
 
-  function timeIn(unix) {
-    const node = el("time", isoUtc(unix).replace("T", " ").replace("Z", " UTC"), "detail");
+  function exactTime(unix) {
+    const node = el("time", isoUtc(unix).slice(0, 16).replace("T", " ") + " UTC");
     node.dateTime = isoUtc(unix);
+    node.title = isoUtc(unix) + " (UTC)";
     return node;
   }
 
@@ -182,6 +194,7 @@
       });
       if (!response.ok) throw new Error("HTTP " + response.status);
       view.data = await response.json();
+      view.data.servers.forEach((row, index) => { row.rank = index; });
       render();
       setUpdated("Updated " + isoUtc(view.data.generated_at).slice(11, 19) + " UTC, refreshed every "
         + REFRESH_MS / 1000 + " s", false);

@@ -10,7 +10,7 @@ import hmac
 from flask import Blueprint, jsonify, render_template, request
 
 from bridge.auth import hash_token
-from bridge.status import DOWN_AFTER, LATE_AFTER, fleet_status
+from bridge.status import DOWN_AFTER, LATE_AFTER, STATE_NAMES, fleet_status
 from bridge.views import error, state
 
 bp = Blueprint("status", __name__)
@@ -80,7 +80,8 @@ def _token_matches(presented, tokens):
 def page():
     """The HTML shell; status.js fills it from /api/status and refreshes it."""
     return render_template("status.html", refresh_seconds=REFRESH_SECONDS,
-                           late_after=LATE_AFTER, down_after=DOWN_AFTER)
+                           late_after=LATE_AFTER, down_after=DOWN_AFTER,
+                           state_names=STATE_NAMES)
 
 
 @bp.get("/api/status")
