@@ -12,7 +12,7 @@ from bridge.auth import Authenticator
 from bridge.config import Settings
 from bridge.rejections import RejectionCounter
 from bridge.store import BeatPolicy, open_store
-from bridge.views import admin, errors, health, status
+from bridge.views import admin, errors, health, openapi, status
 from bridge.views.beat import PREFIX as BEAT_PREFIX
 from bridge.views.beat import BeatEndpoint
 from bridge.views.metrics import metrics_wsgi
@@ -82,7 +82,7 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
     errors.init_app(app)
     observe = http_metrics.init_app(app, registry,
                                     multiproc_dir or settings.metrics_multiproc_dir)
-    for blueprint in (admin.bp, health.bp, status.bp):
+    for blueprint in (admin.bp, health.bp, openapi.bp, status.bp):
         app.register_blueprint(blueprint)
 
     @app.get("/api")
