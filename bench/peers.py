@@ -88,6 +88,7 @@ class Peer:
     name = ""
     script = ""
     process = None
+    scrapes = True  # serves a /metrics worth measuring
 
     def __init__(self, workdir):
         self.workdir = Path(workdir)
@@ -107,6 +108,18 @@ class Peer:
     def pids(self):
         """The peer's processes: the main one and its direct children (gunicorn workers)."""
         return [self.process.pid] + children(self.process.pid)
+
+    def wait_for_workers(self, timeout=15.0):
+        """Until the set of processes has not changed for a second (workers all forked)."""
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            pids = sorted(self.pids())
+            if pids != last:
+                last, since = pids, time.monotonic()
+            elif time.monotonic() - since >= 1.0:
+                break
+            time.sleep(0.1)
 
     def stop(self):
         if self.process is not None:
@@ -171,8 +184,10 @@ class BridgePeer(Peer):
                    # interval. Measure accepting beats, not answering 429 (bench/README.md).
                    HEARTBEAT_RATE_LIMIT_BURST="0")
         env.update(self.settings)
-        return self._start([sys.executable, "-m", "bridge", "serve"], env=env, cwd=self.source,
-                           ready_path="/readyz")
+        self._start([sys.executable, "-m", "bridge", "serve"], env=env, cwd=self.source,
+                    ready_path="/readyz")
+        self.wait_for_workers()
+        return self
 
     def wrk_env(self, n, close):
         return {"TOKEN": TOKEN, "SERVERS": n, "CLOSE": int(close)}
@@ -193,6 +208,28 @@ class BridgePeer(Peer):
             with psycopg.connect(PG_URL, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
             self.schema = None
+
+
+class FloorPeer(BridgePeer):
+    """gunicorn with the bridge's gunicorn.conf.py serving bench/floor_app.py (no work)."""
+
+    scrapes = False
+
+    def __init__(self, workdir, source=ROOT):
+        super().__init__(workdir, "sqlite", source)
+        self.name = "gunicorn-floor"
+
+    def prefill(self, n, time_limit=300.0):
+        return n
+
+    def start(self):
+        env = self._env()
+        env.update(HEARTBEAT_BIND=f"127.0.0.1:{self.port}")
+        conf = self.source / "bridge" / "gunicorn.conf.py"
+        self._start([sys.executable, "-m", "gunicorn", "--config", str(conf),
+                     "bench.floor_app:app"], env=env, cwd=self.source)
+        self.wait_for_workers()
+        return self
 
 
 class PushgatewayPeer(Peer):

@@ -174,7 +174,8 @@ def _beats_section(run):
     return ["## Beats", ""] + _table(header, rows, ("---",) + ("---:",) * 11) + [
         "", "Ratios and CPU: new connection / kept alive. non-2xx counts wrk's status and "
         "socket errors of both runs. CPU us/beat: user + system CPU of the peer's processes "
-        "during the run over the beats accepted (steadier than beats/s on a shared machine).",
+        "during the run over the beats accepted (steadier than beats/s on a shared machine); "
+        "for bridge-postgres it leaves out PostgreSQL's own CPU.",
         ""]
 
 
@@ -198,7 +199,13 @@ def _paced_section(run):
 def _scrape_section(run):
     rows = []
     for row in _rows(run):
-        s = row["scrape"]
+        s = row.get("scrape")
+        if s is None:
+            rows.append((row["peer"], f"{row['servers']:,}", "no /metrics", "", "", "", "",
+                         f"{sum(row['rss_after_beats']) / MB:.0f}",
+                         f"{sum(row['rss']) / MB:.0f} / {max(row['rss']) / MB:.0f}",
+                         f"{row['prefill_s']:.1f}"))
+            continue
         rows.append((row["peer"], f"{row['servers']:,}", f"{s['series']:,}",
                      f"{s['plain_s']:.3f}", f"{s['plain_bytes'] / MB:.2f}", f"{s['gzip_s']:.3f}",
                      f"{s['gzip_bytes'] / MB:.2f}", f"{sum(row['rss_after_beats']) / MB:.0f}",
@@ -210,7 +217,11 @@ def _scrape_section(run):
     return ["## /metrics and memory", ""] + _table(header, rows, ("---",) + ("---:",) * 9) + [
         "", "/metrics: median time to the last byte of a few scrapes (one when a scrape takes "
         "over 10 s), once the peer is idle; series seen counts heartbeat_last_seen_seconds. "
-        "RSS sums the gunicorn master and workers."]
+        "RSS sums the gunicorn master and workers.", "",
+        "`gunicorn-floor` is a reference, not a peer: gunicorn with the bridge's own "
+        "gunicorn.conf.py serving a WSGI app that does nothing (bench/floor_app.py). Its "
+        "beats/s and CPU per request are the ceiling for any beat endpoint under gunicorn "
+        "on this machine.", ""]
 
 
 def _profile_lines(prof, unprofiled_row=None):

@@ -5,9 +5,10 @@ import time
 from dataclasses import dataclass, field
 
 from bench import profile, scrape, wrk
-from bench.peers import BridgePeer, PushgatewayPeer, cpu_seconds, rss_bytes
+from bench.peers import BridgePeer, FloorPeer, PushgatewayPeer, cpu_seconds, rss_bytes
 
-PEERS = ("bridge-sqlite", "bridge-postgres", "pushgateway", "pushgateway-no-consistency-check")
+PEERS = ("bridge-sqlite", "bridge-postgres", "pushgateway", "pushgateway-no-consistency-check",
+         "gunicorn-floor")
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Run:
 
 
 def make_peer(name, workdir, source):
+    if name == "gunicorn-floor":
+        return FloorPeer(workdir, source)
     if name.startswith("bridge-"):
         return BridgePeer(workdir, name[len("bridge-"):], source)
     return PushgatewayPeer(workdir, consistency_check=(name == "pushgateway"))
@@ -55,11 +58,11 @@ def measure_peer(peer, n, opts, log):
     row["fixed_rate"] = paced(peer, n, opts, row["close"]["rps"])
     row["settle_s"] = settle(peer.pids())
     row["rss_after_beats"] = [rss_bytes(p) for p in peer.pids()]
-    row["scrape"] = scrape.scrape(peer.url, repeats=opts.scrapes)
+    if peer.scrapes:
+        row["scrape"] = scrape.scrape(peer.url, repeats=opts.scrapes)
     row["rss"] = [rss_bytes(p) for p in peer.pids()]
     log(f"  {peer.name} n={n} paced {row['fixed_rate']['achieved_rps']:.0f}/s: "
-        f"p99 {row['fixed_rate']['p99_ms']:.1f} ms; "
-        f"/metrics {row['scrape']['plain_s']:.3f} s; RSS {sum(row['rss']) >> 20} MB")
+        f"p99 {row['fixed_rate']['p99_ms']:.1f} ms; RSS {sum(row['rss']) >> 20} MB")
     return row
 
 
