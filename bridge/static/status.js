@@ -39,8 +39,8 @@
   }
 
   // A relative time whose exact UTC time shows on hover and is machine readable.
-  function timeAgo(unix, secondsAgo, prefix) {
-    const node = el("time", (prefix || "") + duration(secondsAgo) + " ago");
+  function timeAgo(unix, secondsAgo) {
+    const node = el("time", duration(secondsAgo) + " ago");
     node.dateTime = isoUtc(unix);
     node.title = isoUtc(unix) + " (UTC)";
     return node;
