@@ -57,7 +57,7 @@ def main(argv=None):
                    profile_size=0 if args.no_profile else min(10000, max(args.sizes)))
     if args.quick:
         opts = Options(sizes=(100,), duration=1.0, connections=8, scrapes=1, profile_size=0,
-                       prefill_limit=30.0, time_limit=50.0, peers=args.peers)
+                       prefill_limit=30.0, time_limit=45.0, peers=args.peers, paced_attempts=1)
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="heartbeat-bench-")
     try:

@@ -134,7 +134,8 @@ def _header(run):
     opts = run.options
     return [
         f"- bridge: {run.bridge_source}; default settings but a fleet token and "
-        "`HEARTBEAT_RATE_LIMIT_BURST=0` (bench/README.md); SQLite WAL file in a temp dir",
+        "`HEARTBEAT_RATE_LIMIT_BURST=0` (bench/README.md); SQLite: a WAL file in a temp dir; "
+        "PostgreSQL: a fresh schema in the local `test` database",
         f"- peer: {_pushgateway_version()}, default settings; and with "
         "`--push.disable-consistency-check`",
         f"- load: wrk -t{opts.threads} -c{opts.connections}, {opts.duration:g} s per run, beats "

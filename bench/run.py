@@ -22,6 +22,7 @@ class Options:
     prefill_limit: float = 300.0
     time_limit: float = 2400.0
     rate_fraction: float = 0.8
+    paced_attempts: int = 2  # the first run, then one calibrated to the latency it saw
     peers: tuple = PEERS
 
 
@@ -104,7 +105,7 @@ def paced(peer, n, opts, max_rps):
     target = max(1.0, opts.rate_fraction * max_rps)
     period_ms = 1000.0 * opts.connections / target
     delay = max(1, round(period_ms))
-    for _attempt in range(2):
+    for _attempt in range(opts.paced_attempts):
         result = wrk.run_wrk(peer.url, peer.script, opts.duration,
                              env=dict(peer.wrk_env(n, True), DELAY_MS=delay),
                              connections=opts.connections, threads=opts.threads)
