@@ -139,7 +139,8 @@ def _header(run):
         f"- peer: {_pushgateway_version()}, default settings; and with "
         "`--push.disable-consistency-check`",
         f"- load: wrk -t{opts.threads} -c{opts.connections}, {opts.duration:g} s per run, beats "
-        "spread over all servers, every peer prefilled with all of them",
+        "spread over all servers, every peer prefilled with all of them; the whole run took "
+        f"{run.elapsed / 60:.1f} min",
         f"- machine: {os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
         f"(1/5/15 min) before {_load(run.load_before)}, after {_load(run.load_after)}: "
         "other work shared this machine",
@@ -262,10 +263,12 @@ def plot(run, path):
     for peer in sorted({r["peer"] for r in _rows(run)}):
         rows = sorted(_rows(run, peer), key=lambda r: r["servers"])
         xs = [r["servers"] for r in rows]
+        style = {"color": "grey"} if peer == "gunicorn-floor" else {}
+        label = f"{peer} (reference)" if peer == "gunicorn-floor" else peer
         line, = ax.plot(xs, [max(r["close"]["rps"], 0.1) for r in rows], marker="o",
-                        label=f"{peer}, new connection")
+                        label=f"{label}, new connection", **style)
         ax.plot(xs, [max(r["keepalive"]["rps"], 0.1) for r in rows], marker="s", linestyle="--",
-                color=line.get_color(), label=f"{peer}, kept alive")
+                color=line.get_color(), label=f"{label}, kept alive")
     ax.axhline(3000, color="grey", linewidth=0.8, linestyle=":", label="target 3,000 beats/s")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -35,6 +35,7 @@ class Run:
     started: float = field(default_factory=time.time)
     load_before: tuple = ()
     load_after: tuple = ()
+    elapsed: float = 0.0
 
 
 def make_peer(name, workdir, source):
@@ -176,4 +177,5 @@ def execute(opts, workdir, source, source_desc, log=print):
                 wrk.WrkError) as exc:
             run.profile = {"error": str(exc).splitlines()[0][:200]}
     run.load_after = os.getloadavg()
+    run.elapsed = time.monotonic() - deadline + opts.time_limit
     return run
