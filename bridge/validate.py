@@ -11,8 +11,10 @@ MAX_LABELS = 16
 MAX_LABEL_VALUE = 256
 MAX_HOSTNAME = 255
 MAX_AGENT_VERSION = 64
-SERVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$")
+# \Z, not $: `$` also matches before a trailing newline, and an id or label name ending in
+# one would be written raw into /metrics, breaking the exposition for the whole fleet.
+SERVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}\Z")
 RESERVED_LABELS = frozenset({"server_id", "job", "instance", "le", "quantile", "hostname",
                              "agent_version", "reason", "version", "python_version"})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
