@@ -3,12 +3,14 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.store import StoreError, StoreUnavailableError
 from bridge.store.sql import SQLStore
@@ -73,13 +75,41 @@ class PostgresStore(SQLStore):
         self.timeout = timeout
         self._inherited = []  # pools of a parent process: kept, never closed, in a child
         self._pool, self._pid = None, None
-        # One direct connection first: a wrong host, password or database name fails
-        # here with libpq's own message instead of a pool timeout.
-        with self._translate_errors():
-            psycopg.connect(self.conninfo).close()
-        self.create_schema()
+        self._connect_errors = deque(maxlen=1)  # why the last connection attempt failed
+        self._connection_class = _recording_connection(self._connect_errors)
+        self._schema_lock = threading.RLock()
+        self._schema_ready = self._schema_busy = False
+        try:
+            # One direct connection first: libpq's own message, at once, rather than a
+            # pool timeout.
+            with self._translate_errors():
+                self._connection_class.connect(self.conninfo).close()
+            self._ensure_schema()
+        except StoreUnavailableError as exc:
+            # Start anyway: a gunicorn worker that cannot boot takes its whole replica
+            # down, and this one would not come back when the database does. Every call
+            # answers StoreUnavailableError (503, /readyz too) until the database is back.
+            log.warning("%s; starting anyway, the schema is checked at the first "
+                        "connection", exc)
+        except BaseException:
+            self.close()  # a schema newer than this code, for one
+            raise
 
     # -- connections ---------------------------------------------------------------------
+    def _ensure_schema(self):
+        """Create or check the schema once, at the first transaction that reaches the database."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready or self._schema_busy:
+                return  # done meanwhile, or re-entered from create_schema's own transaction
+            self._schema_busy = True
+            try:
+                self.create_schema()
+                self._schema_ready = True
+            finally:
+                self._schema_busy = False
+
     def _current_pool(self):
         if self._pid != os.getpid():
             if self._pool is not None:
@@ -90,6 +120,7 @@ class PostgresStore(SQLStore):
                 # A failing connection attempt backs off exponentially; give up after a
                 # few seconds so that the next request after an outage connects at once.
                 reconnect_timeout=self.timeout,
+                connection_class=self._connection_class,
                 kwargs={"autocommit": True, "cursor_factory": _QmarkCursor},
                 name=f"heartbeat-bridge-{os.getpid()}", open=True)
             self._pid = os.getpid()
@@ -122,10 +153,15 @@ class PostgresStore(SQLStore):
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # PoolTimeout and lost connections included; the transaction was rolled back.
-            raise StoreUnavailableError(f"postgresql {self.where}: {_first_line(exc)}") from exc
+            reason = _first_line(exc)
+            last_failure = list(self._connect_errors)
+            if isinstance(exc, PoolTimeout) and last_failure:
+                reason += f" (last connection attempt: {_first_line(last_failure[0])})"
+            raise StoreUnavailableError(f"postgresql {self.where}: {reason}") from exc
 
     @contextmanager
     def _transaction(self, write):
+        self._ensure_schema()
         begin = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
         with self._translate_errors(), self._checked_out(begin) as conn, conn.cursor() as cur:
             try:
@@ -144,6 +180,23 @@ class PostgresStore(SQLStore):
         if self._pool is not None and self._pid == os.getpid():
             self._pool.close(timeout=self.timeout)
         self._pool = None
+
+
+def _recording_connection(errors):
+    """psycopg's Connection class, noting in `errors` why the pool could not connect."""
+
+    class Connection(psycopg.Connection):
+        @classmethod
+        def connect(cls, conninfo="", **kwargs):
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except psycopg.OperationalError as exc:
+                errors.append(exc)
+                raise
+            errors.clear()
+            return conn
+
+    return Connection
 
 
 def _lock_key(name):
