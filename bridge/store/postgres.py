@@ -80,10 +80,6 @@ class PostgresStore(SQLStore):
         self._schema_lock = threading.RLock()
         self._schema_ready = self._schema_busy = False
         try:
-            # One direct connection first: libpq's own message, at once, rather than a
-            # pool timeout.
-            with self._translate_errors():
-                self._connection_class.connect(self.conninfo).close()
             self._ensure_schema()
         except StoreUnavailableError as exc:
             # Start anyway: a gunicorn worker that cannot boot takes its whole replica
@@ -105,6 +101,10 @@ class PostgresStore(SQLStore):
                 return  # done meanwhile, or re-entered from create_schema's own transaction
             self._schema_busy = True
             try:
+                # One direct connection first: libpq's own message at once (wrong password,
+                # database down) rather than after a pool timeout.
+                with self._translate_errors():
+                    self._connection_class.connect(self.conninfo).close()
                 self.create_schema()
                 self._schema_ready = True
             finally:
