@@ -2,14 +2,14 @@
 """heartbeat-agent: POST a tiny heartbeat to a heartbeat-bridge every interval.
 
 One file, Python >= 3.8 standard library only: copy it to a server and run it as a
-systemd service (the loop), from a systemd timer or from cron (`--once`).
+systemd service (the loop), from a systemd timer or from cron (`--once`). It also says
+what the host plans: `--goodbye` (a clean stop) and `--maintenance 2h` / `end`.
 Settings: INI file < HEARTBEAT_* environment < flags; see docs/agent.md.
-Exit codes: 0 beat accepted / stopped by a signal, 1 beat failed, 2 bad configuration.
+Exit codes: 0 accepted / stopped by a signal, 1 refused or not delivered, 2 bad configuration.
 """
 import argparse
 import configparser
 import email.utils
-import http.client
 import json
 import os
 import random
@@ -17,12 +17,24 @@ import re
 import select
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
 import urllib.parse
 from collections import namedtuple
+
+# http.client imports ssl (about 4 MB of resident memory) even for http:// URLs. It is
+# written to work on Pythons built without ssl, so the agent run as a program shows it
+# one while it loads (imported as a module, it leaves http.client whole for its host);
+# the agent makes its own TLS connections and imports ssl only for an https:// URL.
+_SSL_ABSENT = __name__ == "__main__" and "ssl" not in sys.modules
+if _SSL_ABSENT:
+    sys.modules["ssl"] = None  # None in sys.modules makes `import ssl` raise ImportError
+try:
+    import http.client
+finally:
+    if _SSL_ABSENT:
+        del sys.modules["ssl"]
 
 VERSION = "0.1.0"
 DEFAULT_CONFIG = "/etc/heartbeat-agent.conf"
@@ -32,10 +44,14 @@ JITTER = 0.05  # a beat lands up to 5% of the interval after its slot: no fleet-
 FIRST_BACKOFF = 1.0
 SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 TOKEN = re.compile(r"[\x21-\x7e]+\Z")  # printable ASCII, no spaces: safe in a header
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)\Z")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_BACK_WITHIN = 7 * 86400  # the bridge's limit: a goodbye never hides an outage for long
+MAX_MAINTENANCE = 366 * 86400
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 Config = namedtuple("Config", "url server_id token interval timeout ca_file initial_delay "
-                              "context token_source")
+                              "context token_source back_within")
 Outcome = namedtuple("Outcome", "ok status reason retry_after answer")
 
 
@@ -55,6 +71,25 @@ def _number(low, high):
             raise ValueError(f"must be a number between {low:g} and {high:g}, got {text!r}")
         return value
     return parse
+
+
+def _duration(high):
+    def parse(text):
+        match = DURATION.match(text.strip())
+        seconds = float(match.group(1)) * UNITS[match.group(2)] if match else 0.0
+        if not 1 <= seconds <= high:
+            raise ValueError(f"must be seconds or a duration like 30s, 15m, 2h or 1d, from 1s to "
+                             f"{_human(high)}, got {text!r}")
+        return int(seconds) if seconds == int(seconds) else seconds
+    return parse
+
+
+def _human(seconds):
+    """604800 -> '7d', 5400 -> '90m', 45.5 -> '45.5s'."""
+    for unit in "dhm":
+        if seconds >= UNITS[unit] and seconds % UNITS[unit] == 0:
+            return f"{seconds // UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _url(text):
@@ -92,7 +127,9 @@ SETTINGS = {
     "interval": ("HEARTBEAT_INTERVAL", "--interval", _number(1, 86400)),
     "timeout": ("HEARTBEAT_TIMEOUT", "--timeout", _number(0.1, 300)),
     "ca_file": ("HEARTBEAT_CA_FILE", "--ca-file", str),
+    "back_within": ("HEARTBEAT_BACK_WITHIN", "--back-within", _duration(MAX_BACK_WITHIN)),
 }
+DEFAULT_BACK_WITHIN = 900  # a reboot that never comes back still pages, 15 minutes later
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,12 +143,21 @@ def _arguments():
     mode.add_argument("--once", action="store_true", help="send one beat; exit 0 if accepted")
     mode.add_argument("--check", action="store_true",
                       help="validate the settings, send one beat, show request and answer")
+    mode.add_argument("--goodbye", action="store_true",
+                      help="tell the bridge this host stops cleanly and is back within "
+                           "HEARTBEAT_BACK_WITHIN (15m); exit 0 if accepted")
+    mode.add_argument("--maintenance", metavar="DURATION|end",
+                      help="pause alerting for this host (e.g. 2h), or end the pause early")
+    parser.add_argument("--retire", action="store_true",
+                        help="with --goodbye: the host is gone for good, never page for it")
+    parser.add_argument("--reason", help="with --maintenance: why, shown to on-call")
     parser.add_argument("--config", help=f"INI file with an [agent] section ({DEFAULT_CONFIG})")
     for name, (env, flag, _) in SETTINGS.items():
         if flag:
             parser.add_argument(flag, dest=name, metavar=name.upper(), help=f"overrides {env}")
-    parser.add_argument("--initial-delay", default="0", metavar="SECONDS",
-                        help="wait a random time up to this before the first beat (0)")
+    parser.add_argument("--initial-delay", metavar="SECONDS",
+                        help="the loop waits a random time up to this before its first beat "
+                             "(default: one interval; 0: beat at once)")
     parser.add_argument("--version", action="version", version=f"heartbeat-agent {VERSION}")
     return parser
 
@@ -190,6 +236,7 @@ def _tls_context(url, ca_file, where):
     """A verifying client context for https:// URLs (None for http://)."""
     if not url.startswith("https:"):
         return None
+    import ssl  # only here: see the import of http.client
     try:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -216,16 +263,33 @@ def load_config(argv=None, environ=None):
         except ValueError as exc:
             raise ConfigError(f"HEARTBEAT_SERVER_ID: not set, and the host name {exc}") from None
     token, source = _token_from(values, where, environ)
-    try:
-        initial_delay = _number(0, 86400)(args.initial_delay)
-    except ValueError as exc:
-        raise ConfigError(f"--initial-delay: {exc}") from None
+    interval = values.get("interval", 30.0)
+    initial_delay = interval  # a fleet started at once (after a power cut) spreads out
+    if args.initial_delay is not None:
+        try:
+            initial_delay = _number(0, 86400)(args.initial_delay)
+        except ValueError as exc:
+            raise ConfigError(f"--initial-delay: {exc}") from None
+    _check_mode(args)
     context = _tls_context(values["url"], values.get("ca_file"),
                            where.get("ca_file", "HEARTBEAT_CA_FILE"))
-    config = Config(values["url"], values["server_id"], token, values.get("interval", 30.0),
+    config = Config(values["url"], values["server_id"], token, interval,
                     values.get("timeout", 10.0), values.get("ca_file"), initial_delay, context,
-                    source)
+                    source, values.get("back_within", DEFAULT_BACK_WITHIN))
     return config, args
+
+
+def _check_mode(args):
+    """Flags that belong to one mode only; --maintenance's value, in seconds, when not 'end'."""
+    if args.retire and not args.goodbye:
+        raise ConfigError("--retire: only with --goodbye")
+    if args.reason is not None and (args.maintenance is None or args.maintenance == "end"):
+        raise ConfigError("--reason: only with --maintenance DURATION")
+    if args.maintenance is not None and args.maintenance != "end":
+        try:
+            args.maintenance = _duration(MAX_MAINTENANCE)(args.maintenance)
+        except ValueError as exc:
+            raise ConfigError(f"--maintenance: {exc} (or 'end')") from None
 
 
 # --- one beat --------------------------------------------------------------------------
@@ -329,14 +393,16 @@ class Client:
         else:
             self.conn = _HTTPConnection(parts.hostname, port, timeout=config.timeout)
 
-    def post(self, body):
-        """(status, headers, answer bytes); raises OSError or http.client.HTTPException."""
+    def post(self, body, action="", method="POST"):
+        """(status, headers, answer bytes) of METHOD .../<server_id>/<action>; raises OSError
+        or http.client.HTTPException."""
         reused = self.conn.sock is not None
         if reused and _dropped(self.conn.sock):
             self.conn.close()
             reused = False
+        request = (method, self.path + action, body)
         try:
-            return self._exchange(body)
+            return self._exchange(*request)
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             self.conn.close()
             if not reused:
@@ -345,13 +411,13 @@ class Client:
             self.conn.close()
             raise
         try:  # the server closed the idle connection as we sent: once more on a new one
-            return self._exchange(body)
+            return self._exchange(*request)
         except BaseException:
             self.conn.close()
             raise
 
-    def _exchange(self, body):
-        self.conn.putrequest("POST", self.path, skip_accept_encoding=True)
+    def _exchange(self, method, path, body):
+        self.conn.putrequest(method, path, skip_accept_encoding=True)
         for name, value in self.headers:
             self.conn.putheader(name, value)
         self.conn.putheader("Content-Length", str(len(body)))
@@ -382,11 +448,12 @@ def _retry_after(value):
 
 def _describe(exc, host, timeout):
     """A short, stable reason for a failed exchange."""
+    ssl = sys.modules.get("ssl")  # not loaded: no TLS, no TLS errors
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {host}: {exc.strerror}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if ssl and isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate rejected: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
+    if ssl and isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, socket.timeout):
         text = str(exc)
@@ -417,6 +484,17 @@ def classify(status, headers, answer):
     return Outcome(False, status, f"HTTP {status} {_one_line(reason)}", retry, answer)
 
 
+def exchange(client, body, action="", method="POST"):
+    """One request; an Outcome, never an exception (bar KeyboardInterrupt)."""
+    try:
+        return classify(*client.post(body, action, method))
+    except (OSError, http.client.HTTPException) as exc:
+        reason = _describe(exc, client.conn.host, client.conn.timeout)
+    except Exception as exc:  # the edge: a beat must never kill the agent
+        reason = f"unexpected {type(exc).__name__}: {exc}"
+    return Outcome(False, None, reason, None, b"")
+
+
 def _one_line(text, limit=200):
     """Text from the other end, made safe for one log line."""
     return "".join(c if c.isprintable() else " " for c in text[:limit])
@@ -441,20 +519,16 @@ class Agent:
                              self.wall())
         self.seq += 1
         self.last_body = body
-        try:
-            return classify(*self.client.post(body))
-        except (OSError, http.client.HTTPException) as exc:
-            reason = _describe(exc, self.client.conn.host, self.config.timeout)
-        except Exception as exc:  # the edge: a beat must never kill the agent
-            reason = f"unexpected {type(exc).__name__}: {exc}"
-        return Outcome(False, None, reason, None, b"")
+        return exchange(self.client, body)
 
     def run(self, max_beats=None):
         """Beat until interrupted (or max_beats attempts, for measurements)."""
         interval = self.config.interval
+        delay = self.uniform(0, self.config.initial_delay) if self.config.initial_delay else 0
         self.log(f"starting: beating {self.config.url} as {self.config.server_id} every "
-                 f"{interval:g}s (agent {VERSION})")
-        slot = self.clock() + self.uniform(0, self.config.initial_delay)
+                 f"{interval:g}s (agent {VERSION})"
+                 + (f", first beat in {delay:.1f}s" if delay else ""))
+        slot = self.clock() + delay
         due, failures, last_reason = slot, 0, None
         while max_beats is None or self.seq < max_beats:
             self._sleep_until(due)
@@ -529,13 +603,69 @@ def _check(agent):
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def main(argv=None):
+def _announce(config, args, environ):
+    """--goodbye and --maintenance: one request, one line; the exit code."""
+    if args.goodbye:
+        result = environ.get("SERVICE_RESULT") or "success"
+        if result != "success":  # run as ExecStopPost after a crash: that silence must page
+            _log(f"no goodbye: the service ended with {result!r}, not a clean stop")
+            return EXIT_OK
+        what, action, method = "goodbye", "goodbye", "POST"
+        fields = {"back_within": config.back_within, "retire": args.retire}
+    elif args.maintenance == "end":
+        what, action, method, fields = "ending maintenance", "maintenance", "DELETE", None
+    else:
+        what, action, method = "maintenance", "maintenance", "POST"
+        fields = {"for": args.maintenance}
+        if args.reason is not None:
+            fields["reason"] = args.reason
+    body = json.dumps(fields, separators=(",", ":")).encode() if fields else b""
+    client = Client(config)
+    try:
+        outcome = exchange(client, body, action, method)
+    finally:
+        client.close()
+    if not outcome.ok:
+        _log(f"{what} failed: {outcome.reason}")
+        return EXIT_FAILED
+    try:
+        answer = json.loads(outcome.answer)
+    except (ValueError, RecursionError):
+        answer = {}
+    _log(_accepted(config.server_id, args, answer if isinstance(answer, dict) else {}))
+    return EXIT_OK
+
+
+def _accepted(server_id, args, answer):
+    """The line that confirms what the bridge accepted."""
+    def at(key):
+        when = answer.get(key)
+        if isinstance(when, (int, float)) and not isinstance(when, bool):
+            try:
+                return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(when))
+            except (ValueError, OverflowError, OSError):  # NaN, or past the platform's range
+                pass
+        return "(time not given)"
+    if args.goodbye and args.retire:
+        return f"goodbye: {server_id} is retired; no alert for it until it beats again"
+    if args.goodbye:
+        return f"goodbye: {server_id} is expected back by {at('expected_back')}; silent " \
+               "past that, it pages"
+    if args.maintenance == "end":
+        return f"maintenance ended: alerts for {server_id} are live again"
+    return f"maintenance: alerts for {server_id} paused until {at('paused_until')}"
+
+
+def main(argv=None, environ=None):
     """Console entry point; returns the exit code."""
+    environ = os.environ if environ is None else environ
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     agent = args = None
     try:
-        config, args = load_config(argv)
+        config, args = load_config(argv, environ)
+        if args.goodbye or args.maintenance is not None:
+            return _announce(config, args, environ)
         agent = Agent(config)
         if args.check:
             return _check(agent)
@@ -549,7 +679,9 @@ def main(argv=None):
         _log(str(exc))
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        if args and not (args.check or args.once):
+        if args and (args.once or args.check or args.goodbye or args.maintenance is not None):
+            return EXIT_FAILED  # a one-shot command cut short: nothing confirmed
+        if args:
             _log("stopped")
     finally:
         if agent:

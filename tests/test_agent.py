@@ -185,6 +185,9 @@ def run_agent(conf, *flags, timeout=15, **settings):
 
 
 def start_agent(conf, *flags, **settings):
+    """The loop as a real process; it beats at once unless the flags set --initial-delay."""
+    if "--initial-delay" not in flags:
+        flags = ("--initial-delay", "0", *flags)
     settings.setdefault("HEARTBEAT_TOKEN", TOKEN)
     settings.setdefault("HEARTBEAT_SERVER_ID", "web-1")
     settings.setdefault("HEARTBEAT_INTERVAL", "1")
@@ -544,7 +547,8 @@ def test_settings_come_from_file_then_environment_then_flags(tmp_path):
 def test_defaults_and_a_missing_default_config_file(monkeypatch, tmp_path):
     monkeypatch.setattr(ha, "DEFAULT_CONFIG", str(tmp_path / "absent.conf"))
     config, args = ha.load_config([], environ={"HEARTBEAT_URL": "https://b.example"})
-    assert (config.interval, config.timeout, config.initial_delay) == (30, 10, 0)
+    assert (config.interval, config.timeout, config.initial_delay) == (30, 10, 30)
+    assert config.back_within == 900
     assert config.server_id == socket.gethostname() and config.context.verify_mode == \
         ssl.CERT_REQUIRED
     assert not (args.once or args.check)
@@ -614,6 +618,27 @@ def test_the_agent_runs_without_any_site_packages(tmp_path):
     done = subprocess.run([sys.executable, "-I", "-S", copy, "--version"], capture_output=True,
                           text=True, timeout=30)
     assert (done.returncode, done.stdout, done.stderr) == (0, f"heartbeat-agent {ha.VERSION}\n", "")
+
+
+def mapped_tls_libraries(pid):
+    """Shared objects of OpenSSL and Python's _ssl module mapped into a process."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[-1].rsplit("/", 1)[-1] for line in maps
+                if "libssl" in line or "/_ssl" in line}
+
+
+def test_a_plain_http_loop_never_loads_tls_and_an_https_one_does(conf, pki):
+    # http.client would import ssl (about 4 MB resident) for an http:// URL too
+    ca, context = pki
+    for tls, extra in ((None, {}), (context, {"HEARTBEAT_CA_FILE": ca})):
+        with BeatServer(tls=tls) as server:
+            proc = start_agent(conf, HEARTBEAT_URL=server.url, **extra)
+            try:
+                wait_until(lambda: server.requests, timeout=5, what="first beat")
+                loaded = mapped_tls_libraries(proc.pid)
+            finally:
+                stop_agent(proc)
+        assert bool(loaded) == bool(tls), loaded
 
 
 def _python_3_8():

@@ -1,16 +1,21 @@
 """The agent's systemd units, cron file and example settings: they parse and say what they must."""
 import configparser
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from agent import heartbeat_agent as ha
+from tests.test_agent import BeatServer, agent_env
 from tests.tools import ROOT
 
 AGENT_DIR = ROOT / "agent"
+PYTHON = "/usr/bin/python3 -I -S"  # no site-packages: a stdlib-only file needs none
 HARDENING = {
     "DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
     "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
@@ -50,16 +55,58 @@ def test_both_services_are_hardened_and_read_the_same_settings(name):
 
 def test_the_loop_service_restarts_but_not_on_bad_settings():
     u = unit("heartbeat-agent.service")
-    assert u["Service"]["ExecStart"] == ["/usr/local/bin/heartbeat-agent"]
+    assert u["Service"]["ExecStart"] == [f"{PYTHON} /usr/local/bin/heartbeat-agent"]
     assert (u["Service"]["Restart"], u["Service"]["RestartSec"]) == (["always"], ["5"])
     assert u["Service"]["RestartPreventExitStatus"] == [str(ha.EXIT_CONFIG)]
     assert u["Install"]["WantedBy"] == ["multi-user.target"]
 
 
+def test_the_loop_service_says_goodbye_after_a_clean_stop_only():
+    service = unit("heartbeat-agent.service")["Service"]
+    # after the loop has exited (no late beat can cancel it); "-": a failed goodbye on the
+    # way down does not leave the unit failed
+    assert service["ExecStopPost"] == [
+        f"-{PYTHON} /usr/local/bin/heartbeat-agent --goodbye --timeout 3"]
+    assert "ExecStop" not in service
+    assert int(service["TimeoutStopSec"][0]) >= 3 * 3  # DNS, connect and read of the goodbye
+
+
+def stop_post(**env):
+    """Run the service's ExecStopPost command line as systemd would, with `env` added."""
+    [line] = unit("heartbeat-agent.service")["Service"]["ExecStopPost"]
+    here = {"/usr/local/bin/heartbeat-agent": str(ROOT / "agent" / "heartbeat_agent.py")}
+    if not os.path.exists("/usr/bin/python3"):
+        here["/usr/bin/python3"] = sys.executable
+    argv = [here.get(word, word) for word in shlex.split(line.lstrip("-"))]
+    done = subprocess.run([*argv, "--config", os.devnull], env=agent_env(**env), timeout=15,
+                          capture_output=True, text=True)
+    return done.returncode, done.stderr
+
+
+def test_the_services_goodbye_uses_back_within_from_the_settings():
+    with BeatServer(script=lambda r: (200, {}, {"server_id": "web-1", "expected_back": 1,
+                                                "retired": False})) as server:
+        code, err = stop_post(HEARTBEAT_URL=server.url, HEARTBEAT_SERVER_ID="web-1",
+                              HEARTBEAT_BACK_WITHIN="2h", SERVICE_RESULT="success")
+    assert (code, err.count("\n")) == (0, 1) and "goodbye: web-1 is expected back by" in err
+    [request] = server.requests
+    assert (request["method"], request["path"]) == ("POST", "/api/heartbeat/web-1/goodbye")
+    assert json.loads(request["body"]) == {"back_within": 7200, "retire": False}
+
+
+@pytest.mark.parametrize("result", ["exit-code", "signal", "core-dump", "timeout", "oom-kill"])
+def test_the_service_says_no_goodbye_after_a_crash(result):
+    with BeatServer() as server:
+        code, err = stop_post(HEARTBEAT_URL=server.url, SERVICE_RESULT=result)
+    assert (code, server.requests) == (0, [])
+    assert err == f"heartbeat-agent: no goodbye: the service ended with {result!r}, " \
+                  "not a clean stop\n"
+
+
 def test_the_timer_starts_one_beat_every_30_s_with_1_s_accuracy():
     once, timer = unit("heartbeat-agent-once.service"), unit("heartbeat-agent.timer")
     assert once["Service"]["Type"] == ["oneshot"]
-    assert once["Service"]["ExecStart"] == ["/usr/local/bin/heartbeat-agent --once"]
+    assert once["Service"]["ExecStart"] == [f"{PYTHON} /usr/local/bin/heartbeat-agent --once"]
     assert timer["Timer"]["Unit"] == ["heartbeat-agent-once.service"]
     assert timer["Timer"]["OnUnitActiveSec"] == ["30s"] and timer["Timer"]["OnBootSec"]
     assert timer["Timer"]["AccuracySec"] == ["1s"]
@@ -76,6 +123,8 @@ def test_systemd_accepts_the_units(tmp_path):
     names = ["heartbeat-agent.service", "heartbeat-agent-once.service", "heartbeat-agent.timer"]
     for name in names:  # verify insists that ExecStart exists
         text = (AGENT_DIR / name).read_text().replace("/usr/local/bin/heartbeat-agent", str(agent))
+        if not os.path.exists("/usr/bin/python3"):  # the units' interpreter
+            text = text.replace("/usr/bin/python3", shutil.which("python3"))
         (tmp_path / name).write_text(text)
     done = subprocess.run([analyze, "verify", *(tmp_path / n for n in names)],
                           capture_output=True, text=True, timeout=60)

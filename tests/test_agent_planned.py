@@ -1,0 +1,269 @@
+"""What the host says about itself (goodbye, retirement, maintenance) and the loop's random
+first beat: the real agent process against a real bridge under gunicorn, on loopback."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent import heartbeat_agent as ha
+from tests.test_agent import (AGENT, TOKEN, BeatServer, FakeTime, agent_env, start_agent,
+                              stamped, stop_agent)
+from tests.test_metrics import sample_map, value
+from tests.tools import Bridge, Process, free_port, wait_until
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory):
+    """One bridge for the module; each test uses its own server ids."""
+    path = tmp_path_factory.mktemp("planned") / "hb.db"
+    bridge = Bridge("sqlite:///" + str(path), HEARTBEAT_TOKEN=TOKEN).start()
+    try:
+        yield bridge
+    finally:
+        bridge.stop()
+
+
+def say(url, server_id, *flags, token=TOKEN, **settings):
+    """Run `heartbeat-agent --config /dev/null FLAGS`; (exit code, stderr, seconds taken)."""
+    settings.update(HEARTBEAT_URL=url, HEARTBEAT_SERVER_ID=server_id)
+    if token:
+        settings["HEARTBEAT_TOKEN"] = token
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, AGENT, "--config", os.devnull, *flags],
+                          env=agent_env(**settings), capture_output=True, text=True, timeout=15)
+    assert done.stdout == "" or "--check" in flags  # one line, on stderr
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+def known(bridge, server_id, interval=30):
+    """A server the bridge has heard from once."""
+    assert bridge.beat(server_id, token=TOKEN, json={"interval": interval}).status_code == 200
+
+
+def metric(bridge, name, server_id, **labels):
+    return value(sample_map(bridge.metrics()), name, server_id=server_id, **labels)
+
+
+# --- goodbye ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, settings, seconds", [
+    ((), {}, 900),  # the default: a reboot that never comes back pages after 15 minutes
+    (("--back-within", "30m"), {}, 1800),
+    (("--back-within", "45"), {}, 45),
+    ((), {"HEARTBEAT_BACK_WITHIN": "2h"}, 7200),
+    (("--back-within", "1d"), {"HEARTBEAT_BACK_WITHIN": "2h"}, 86400),
+])
+def test_goodbye_tells_the_bridge_when_the_host_is_back(bridge, flags, settings, seconds):
+    server_id = f"bye-{seconds}-{len(flags)}"
+    known(bridge, server_id)
+    code, err, _ = say(bridge.url, server_id, "--goodbye", *flags, **settings)
+    assert (code, err.count("\n")) == (0, 1), err
+    assert err.startswith(f"heartbeat-agent: goodbye: {server_id} is expected back by ")
+    expected_back = metric(bridge, "heartbeat_expected_back_seconds", server_id)
+    assert abs(expected_back - (time.time() + seconds)) < 5
+    assert metric(bridge, "heartbeat_retired", server_id) == 0
+
+
+def test_goodbye_retire_retires_the_server(bridge):
+    known(bridge, "old-1")
+    code, err, _ = say(bridge.url, "old-1", "--goodbye", "--retire")
+    assert (code, err) == (0, "heartbeat-agent: goodbye: old-1 is retired; no alert for it "
+                              "until it beats again\n")
+    assert metric(bridge, "heartbeat_retired", "old-1") == 1
+
+
+def test_the_loops_first_beat_after_a_goodbye_is_accepted_even_after_a_burst(bridge, tmp_path):
+    codes = [bridge.beat("boot-1", token=TOKEN, json={"interval": 60}).status_code
+             for _ in range(12)]
+    assert codes[-1] == 429  # the rate limit's burst is used up
+    assert say(bridge.url, "boot-1", "--goodbye")[0] == 0
+    assert metric(bridge, "heartbeat_expected_back_seconds", "boot-1") > time.time()
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[agent]\n")
+    proc = start_agent(conf, HEARTBEAT_URL=bridge.url, HEARTBEAT_SERVER_ID="boot-1",
+                       HEARTBEAT_INTERVAL="60")  # back from the reboot, beating at once
+    try:
+        wait_until(lambda: "up:" in proc.log() or "failing" in proc.log(), timeout=5,
+                   what="the first beat's answer")
+    finally:
+        log = stop_agent(proc)
+    assert "up: the bridge accepted the first beat" in log and "failing" not in log, log
+    assert metric(bridge, "heartbeat_expected_back_seconds", "boot-1") == 0  # the goodbye ended
+
+
+# --- maintenance -----------------------------------------------------------------------
+
+def test_maintenance_pauses_with_an_end_and_a_reason_and_end_resumes(bridge):
+    known(bridge, "db-1")
+    code, err, _ = say(bridge.url, "db-1", "--maintenance", "2h", "--reason", "kernel 6.12")
+    assert (code, err.count("\n")) == (0, 1), err
+    assert err.startswith("heartbeat-agent: maintenance: alerts for db-1 paused until ")
+    m = sample_map(bridge.metrics())
+    assert value(m, "heartbeat_paused", server_id="db-1") == 1
+    until = value(m, "heartbeat_maintenance_until_seconds", server_id="db-1")
+    assert abs(until - (time.time() + 7200)) < 5
+    assert value(m, "heartbeat_maintenance_info", server_id="db-1", reason="kernel 6.12") == 1
+
+    code, err, _ = say(bridge.url, "db-1", "--maintenance", "end")
+    assert (code, err) == (0, "heartbeat-agent: maintenance ended: alerts for db-1 are live "
+                              "again\n")
+    m = sample_map(bridge.metrics())
+    assert value(m, "heartbeat_paused", server_id="db-1") == 0
+    assert value(m, "heartbeat_maintenance_until_seconds", server_id="db-1") == 0
+    assert not any(name == "heartbeat_maintenance_info" for name, _ in m)
+
+
+# --- refusals and bad values -----------------------------------------------------------
+
+@pytest.mark.parametrize("server_id, flags, token, line", [
+    ("web-1", ("--goodbye",), "wrong-token-123456",
+     "goodbye failed: HTTP 401 invalid_token: "),
+    ("web-1", ("--goodbye",), None, "goodbye failed: HTTP 401 missing_token: "),
+    ("ghost-1", ("--goodbye",), TOKEN, "goodbye failed: HTTP 404 unknown_server: "),
+    ("ghost-1", ("--maintenance", "1h"), TOKEN, "maintenance failed: HTTP 404 unknown_server"),
+    ("ghost-1", ("--maintenance", "end"), TOKEN,
+     "ending maintenance failed: HTTP 404 unknown_server"),
+    ("web-1", ("--maintenance", "1h", "--reason", "x" * 300), TOKEN,
+     "maintenance failed: HTTP 422 invalid_field: reason must be"),
+])
+def test_refusals_exit_1_with_one_line_naming_them(bridge, server_id, flags, token, line):
+    known(bridge, "web-1")
+    before = sample_map(bridge.metrics())
+    code, err, _ = say(bridge.url, server_id, *flags, token=token)
+    assert (code, err.count("\n")) == (1, 1), err
+    assert err.startswith("heartbeat-agent: " + line), err
+    after = sample_map(bridge.metrics())
+    for name in ("heartbeat_expected_back_seconds", "heartbeat_paused"):
+        assert value(after, name, server_id="web-1") == value(before, name, server_id="web-1")
+
+
+@pytest.mark.parametrize("flags", [("--goodbye",), ("--maintenance", "2h"),
+                                   ("--maintenance", "end")])
+def test_nothing_listening_exits_1(flags):
+    code, err, _ = say(f"http://127.0.0.1:{free_port()}", "web-1", *flags)
+    assert code == 1 and err.endswith(" failed: connection refused\n"), err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--goodbye", "--back-within", "soon"), "--back-within: must be seconds or a duration "
+     "like 30s, 15m, 2h or 1d, from 1s to 7d, got 'soon'"),
+    (("--goodbye", "--back-within", "8d"), "--back-within: must be seconds or a duration"),
+    (("--goodbye", "--back-within", "0"), "--back-within: must be seconds or a duration"),
+    (("--goodbye", "--back-within=-5m"), "--back-within: must be seconds or a duration"),
+    (("--maintenance", "2x"), "--maintenance: must be seconds or a duration like 30s"),
+    (("--maintenance", "400d"), "--maintenance: must be seconds or a duration"),
+    (("--maintenance", ""), "--maintenance: must be seconds or a duration"),
+    (("--retire",), "--retire: only with --goodbye"),
+    (("--maintenance", "end", "--reason", "x"), "--reason: only with --maintenance DURATION"),
+    (("--goodbye", "--once"), "not allowed with argument"),
+    (("--goodbye", "--maintenance", "1h"), "not allowed with argument"),
+])
+def test_bad_values_exit_2_before_any_request(flags, message):
+    with BeatServer() as server:
+        code, err, _ = say(server.url, "web-1", *flags)
+    assert (code, err.count("\n"), server.requests) == (2, 1, []), err
+    assert err.startswith("heartbeat-agent: ") and message in err, err
+
+
+def test_a_bad_back_within_in_the_environment_names_the_variable():
+    with BeatServer() as server:
+        code, err, _ = say(server.url, "web-1", "--goodbye", HEARTBEAT_BACK_WITHIN="15 min")
+    assert (code, server.requests) == (2, [])
+    assert err.startswith("heartbeat-agent: HEARTBEAT_BACK_WITHIN: must be seconds or a ")
+
+
+# --- the first beat's random delay -----------------------------------------------------
+
+@pytest.mark.parametrize("flags", [("--once",), ("--check",), ("--goodbye",),
+                                   ("--maintenance", "1h"), ("--maintenance", "end")])
+def test_one_shot_commands_never_wait(flags):
+    with BeatServer() as server:
+        code, _, took = say(server.url, "web-1", *flags, HEARTBEAT_INTERVAL="86400")
+    assert code == 0 and len(server.requests) == 1
+    assert took < 3, took  # the loop would wait up to a day
+
+
+def first_beat_after(tmp_path, *flags):
+    """(seconds from start to the first beat, the starting log line) of the loop as a unit
+    starts it (interval 2 s), with `flags` added."""
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[agent]\n")
+    with BeatServer() as server:
+        started = time.monotonic()
+        proc = Process([sys.executable, AGENT, "--config", conf, *flags], name="agent",
+                       env=agent_env(HEARTBEAT_URL=server.url, HEARTBEAT_TOKEN=TOKEN,
+                                     HEARTBEAT_SERVER_ID="web-1", HEARTBEAT_INTERVAL="2")).start()
+        try:
+            wait_until(lambda: server.requests, timeout=5, what="the first beat")
+        finally:
+            log = stop_agent(proc)
+    return server.requests[0]["at"] - started, log.splitlines()[0]
+
+
+def test_the_loop_waits_a_random_part_of_one_interval_before_its_first_beat(tmp_path):
+    took, line = first_beat_after(tmp_path)
+    delay = float(re.search(r", first beat in (\d+\.\d)s$", line).group(1))
+    assert 0 <= delay <= 2
+    assert delay - 0.1 <= took < delay + 1.0, (took, line)  # + the interpreter's start-up
+
+
+def test_initial_delay_0_beats_at_once(tmp_path):
+    took, line = first_beat_after(tmp_path, "--initial-delay", "0")
+    assert took < 1.0 and "first beat in" not in line
+
+
+def test_by_default_the_first_beat_is_within_one_interval():
+    fake = FakeTime()
+    with BeatServer(script=stamped(fake)) as server:
+        config, _ = ha.load_config(["--config", os.devnull, "--url", server.url,
+                                    "--interval", "10"], environ={})
+        assert config.initial_delay == 10
+        lines = []
+        ha.Agent(config, log=lines.append, clock=fake, sleep=fake.sleep,
+                 uniform=lambda a, b: b).run(max_beats=2)
+    # the whole interval at most, then the grid from there (+ the full 5% jitter)
+    assert [r["sent"] for r in server.requests] == [1010.0, 1020.5]
+    assert lines[0].endswith(", first beat in 10.0s")
+
+
+# --- what is sent ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer", [b"ok", b"[" * 4000, {"expected_back": None},
+                                    {"expected_back": True}, {"expected_back": 1e300},
+                                    {"expected_back": "soon"}, [1, 2]])
+def test_answers_that_are_not_the_bridges_json_still_confirm_in_one_line(answer):
+    with BeatServer(script=lambda r: (200, {}, answer)) as server:
+        code, err, _ = say(server.url, "web-1", "--goodbye")
+    assert (code, err) == (0, "heartbeat-agent: goodbye: web-1 is expected back by (time not "
+                              "given); silent past that, it pages\n")
+
+
+def test_requests_go_to_the_action_paths_under_the_url_prefix():
+    with BeatServer() as server:
+        url = server.url + "/hb"
+        say(url, "web-1", "--goodbye", "--back-within", "90s", "--retire")
+        say(url, "web-1", "--maintenance", "1.5h", "--reason", "disk swap")
+        say(url, "web-1", "--maintenance", "end")
+    assert [(r["method"], r["path"], r["body"]) for r in server.requests] == [
+        ("POST", "/hb/api/heartbeat/web-1/goodbye", b'{"back_within":90,"retire":true}'),
+        ("POST", "/hb/api/heartbeat/web-1/maintenance", b'{"for":5400,"reason":"disk swap"}'),
+        ("DELETE", "/hb/api/heartbeat/web-1/maintenance", b""),
+    ]
+    assert all(r["headers"]["authorization"] == f"Bearer {TOKEN}" for r in server.requests)
+
+
+def test_a_one_shot_command_cut_short_by_a_signal_exits_1():
+    with BeatServer(script=lambda r: "hang") as server:
+        proc = Process([sys.executable, AGENT, "--config", os.devnull, "--goodbye"],
+                       env=agent_env(HEARTBEAT_URL=server.url), name="agent").start()
+        try:
+            wait_until(lambda: server.requests, timeout=5, what="the goodbye")
+            proc.send_signal(signal.SIGTERM)
+            code = proc.proc.wait(timeout=5)
+        finally:
+            proc.stop()
+    assert code == 1  # nothing was confirmed
