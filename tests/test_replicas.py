@@ -8,12 +8,14 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.store import open_store
+from bridge.store import BeatPolicy, open_store
+from bridge.validate import parse_beat
 from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN, POSTGRES_BASE, _postgres_schema_url
 from tests.tools import Bridge, Process, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+BEAT = parse_beat(b"", None)
 
 
 class TcpProxy:
@@ -200,6 +202,34 @@ def test_a_replica_killed_under_load_loses_no_acknowledged_beat(pg_url, live_bri
         assert stored.get(server_id, 0) >= count, (server_id, stored, acknowledged)
     # Beats in flight on the killed replica may be committed but unacknowledged: few.
     assert sum(stored.values()) - sum(acknowledged.values()) <= 6 * 2
+
+
+def test_pooled_connections_closed_by_an_outage_are_replaced_without_failing_a_call(pg_url):
+    """After a database restart every pooled connection is dead; the first call after it
+    must not be the one that finds out."""
+    proxy = TcpProxy(5432).start()
+    store = open_store(pg_url.replace(":5432/", f":{proxy.port}/"), pool_size=3, timeout=3)
+    try:
+        barrier = threading.Barrier(3)
+
+        def hold_a_connection(i):
+            with store._transaction(write=False) as cur:  # three at once: three connections
+                cur.execute("SELECT 1")
+                barrier.wait(timeout=5)
+
+        threads = [threading.Thread(target=hold_a_connection, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        proxy.cut()
+        proxy.restore()
+        for n in range(6):
+            store.record_beat(f"after-{n}", BEAT, BeatPolicy())
+        assert len(store.list()) == 6
+    finally:
+        store.close()
+        proxy.stop()
 
 
 def test_a_database_outage_answers_503_and_the_bridge_recovers_without_restart(live_bridge):

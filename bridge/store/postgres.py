@@ -3,6 +3,7 @@ import functools
 import hashlib
 import logging
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -29,6 +30,8 @@ CONNECT_DEFAULTS = {
     "keepalives_count": "2",
     "application_name": "heartbeat-bridge",
 }
+# One consistent snapshot for reads that take several statements (snapshot()).
+_READ_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # server_id sorts by code point, as in SQLite, whatever the database's default collation.
 _COLUMN_REWRITES = (("server_id TEXT PRIMARY KEY", 'server_id TEXT COLLATE "C" PRIMARY KEY'),)
 
@@ -42,10 +45,20 @@ def _to_pyformat(sql):
 
 
 class _QmarkCursor(psycopg.Cursor):
-    """A cursor that takes the portable SQL of sql.py."""
+    """A cursor that takes the portable SQL of sql.py. A pending BEGIN goes to the server
+    with the first statement, in one round trip (a pipeline) instead of two."""
+
+    pending_begin = None
 
     def execute(self, query, params=None, **kwargs):
-        return super().execute(_to_pyformat(query), params or None, **kwargs)
+        query, params = _to_pyformat(query), params or None
+        begin, self.pending_begin = self.pending_begin, None
+        if begin is None:
+            return super().execute(query, params, **kwargs)
+        with self.connection.pipeline():
+            self.connection.execute(begin)
+            super().execute(query, params, **kwargs)
+        return self
 
 
 class PostgresStore(SQLStore):
@@ -127,20 +140,22 @@ class PostgresStore(SQLStore):
         return self._pool
 
     @contextmanager
-    def _checked_out(self, begin):
-        """A pooled connection with `begin` executed; stale connections (left by a database
-        restart or network cut) fail at BEGIN, before anything is done, and are replaced."""
+    def _checked_out(self):
+        """A pooled connection. One whose server end has closed (a database restart, a
+        network cut) is replaced before use, so the first request after an outage does
+        not fail on it; a live idle connection costs no round trip to check."""
         pool = self._current_pool()
         deadline = time.monotonic() + self.timeout
         while True:
             conn = pool.getconn(timeout=max(0.1, deadline - time.monotonic()))
-            try:
-                conn.execute(begin)
-            except psycopg.OperationalError:
-                pool.putconn(conn)  # a broken one is discarded and replaced by the pool
-                if not conn.broken or time.monotonic() >= deadline:
-                    raise
-                continue
+            if _has_input(conn):  # idle: only a closed socket (or a stray notice) is readable
+                try:
+                    conn.execute("")
+                except psycopg.OperationalError:
+                    pool.putconn(conn)  # broken: discarded, and a new one is asked for
+                    if time.monotonic() >= deadline:
+                        raise
+                    continue
             try:
                 yield conn
             finally:
@@ -162,12 +177,13 @@ class PostgresStore(SQLStore):
     @contextmanager
     def _transaction(self, write):
         self._ensure_schema()
-        begin = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-        with self._translate_errors(), self._checked_out(begin) as conn, conn.cursor() as cur:
+        with self._translate_errors(), self._checked_out() as conn, conn.cursor() as cur:
+            cur.pending_begin = "BEGIN" if write else _READ_BEGIN
             try:
                 yield cur
             except BaseException:
-                _rollback(conn)
+                if cur.pending_begin is None:  # else no statement was sent: nothing to undo
+                    _rollback(conn)
                 raise
             cur.execute("COMMIT")
 
@@ -203,6 +219,16 @@ def _lock_key(name):
     """A stable 32-bit key for a lock name (Python's hash() changes per process)."""
     digest = hashlib.blake2b(f"heartbeat-bridge:{name}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _has_input(conn):
+    """True when the connection's socket has something to read (or has closed)."""
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, psycopg.Error):
+        return True
 
 
 def _rollback(conn):
