@@ -42,6 +42,7 @@ MAX_PAYLOAD = 200
 MAX_ANSWER = 4096
 JITTER = 0.05  # a beat lands up to 5% of the interval after its slot: no fleet-wide bursts
 FIRST_BACKOFF = 1.0
+GOODBYE_TIMEOUT = 3.0  # per step of the goodbye the loop sends as it stops
 SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 TOKEN = re.compile(r"[\x21-\x7e]+\Z")  # printable ASCII, no spaces: safe in a header
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)\Z")
@@ -148,6 +149,9 @@ def _arguments():
                            "HEARTBEAT_BACK_WITHIN (15m); exit 0 if accepted")
     mode.add_argument("--maintenance", metavar="DURATION|end",
                       help="pause alerting for this host (e.g. 2h), or end the pause early")
+    parser.add_argument("--goodbye-on-exit", action="store_true",
+                        help="the loop, stopped by SIGTERM or SIGINT, says goodbye before it "
+                             "exits (the systemd service does)")
     parser.add_argument("--retire", action="store_true",
                         help="with --goodbye: the host is gone for good, never page for it")
     parser.add_argument("--reason", help="with --maintenance: why, shown to on-call")
@@ -281,6 +285,9 @@ def load_config(argv=None, environ=None):
 
 def _check_mode(args):
     """Flags that belong to one mode only; --maintenance's value, in seconds, when not 'end'."""
+    if args.goodbye_on_exit and (args.once or args.check or args.goodbye
+                                 or args.maintenance is not None):
+        raise ConfigError("--goodbye-on-exit: only for the loop")
     if args.retire and not args.goodbye:
         raise ConfigError("--retire: only with --goodbye")
     if args.reason is not None and (args.maintenance is None or args.maintenance == "end"):
@@ -558,6 +565,23 @@ class Agent:
                 ceiling = min(interval, FIRST_BACKOFF * 2 ** min(failures - 1, 20))
                 due = now + self.uniform(ceiling / 2, ceiling)
 
+    def goodbye(self, timeout=GOODBYE_TIMEOUT):
+        """After a clean stop: tell the bridge, from the same process, so no later beat of
+        ours can cancel it; one line either way. Bounded, so a stop stays quick."""
+        conn = self.client.conn
+        conn.timeout = min(self.config.timeout, timeout)
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
+        try:
+            outcome = exchange(self.client, goodbye_body(self.config), "goodbye")
+        except KeyboardInterrupt:  # a second signal: stop now
+            outcome = Outcome(False, None, "interrupted", None, b"")
+        if outcome.ok:
+            self.log(_accepted(self.config.server_id, "goodbye", _answer(outcome)))
+        else:
+            self.log(f"goodbye failed: {outcome.reason}")
+        return outcome
+
     def _sleep_until(self, deadline):
         while True:
             left = deadline - self.clock()
@@ -603,23 +627,24 @@ def _check(agent):
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def _announce(config, args, environ):
+def goodbye_body(config, retire=False):
+    return json.dumps({"back_within": config.back_within, "retire": retire},
+                      separators=(",", ":")).encode()
+
+
+def _announce(config, args):
     """--goodbye and --maintenance: one request, one line; the exit code."""
     if args.goodbye:
-        result = environ.get("SERVICE_RESULT") or "success"
-        if result != "success":  # run as ExecStopPost after a crash: that silence must page
-            _log(f"no goodbye: the service ended with {result!r}, not a clean stop")
-            return EXIT_OK
         what, action, method = "goodbye", "goodbye", "POST"
-        fields = {"back_within": config.back_within, "retire": args.retire}
+        body = goodbye_body(config, args.retire)
     elif args.maintenance == "end":
-        what, action, method, fields = "ending maintenance", "maintenance", "DELETE", None
+        what, action, method, body = "ending maintenance", "maintenance", "DELETE", b""
     else:
         what, action, method = "maintenance", "maintenance", "POST"
         fields = {"for": args.maintenance}
         if args.reason is not None:
             fields["reason"] = args.reason
-    body = json.dumps(fields, separators=(",", ":")).encode() if fields else b""
+        body = json.dumps(fields, separators=(",", ":")).encode()
     client = Client(config)
     try:
         outcome = exchange(client, body, action, method)
@@ -628,15 +653,24 @@ def _announce(config, args, environ):
     if not outcome.ok:
         _log(f"{what} failed: {outcome.reason}")
         return EXIT_FAILED
-    try:
-        answer = json.loads(outcome.answer)
-    except (ValueError, RecursionError):
-        answer = {}
-    _log(_accepted(config.server_id, args, answer if isinstance(answer, dict) else {}))
+    if args.goodbye and args.retire:
+        what = "retire"
+    elif args.maintenance == "end":
+        what = "end"
+    _log(_accepted(config.server_id, what, _answer(outcome)))
     return EXIT_OK
 
 
-def _accepted(server_id, args, answer):
+def _answer(outcome):
+    """The bridge's JSON answer as a dict ({} if it is not one)."""
+    try:
+        answer = json.loads(outcome.answer)
+    except (ValueError, RecursionError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _accepted(server_id, what, answer):
     """The line that confirms what the bridge accepted."""
     def at(key):
         when = answer.get(key)
@@ -646,26 +680,25 @@ def _accepted(server_id, args, answer):
             except (ValueError, OverflowError, OSError):  # NaN, or past the platform's range
                 pass
         return "(time not given)"
-    if args.goodbye and args.retire:
+    if what == "retire":
         return f"goodbye: {server_id} is retired; no alert for it until it beats again"
-    if args.goodbye:
+    if what == "goodbye":
         return f"goodbye: {server_id} is expected back by {at('expected_back')}; silent " \
                "past that, it pages"
-    if args.maintenance == "end":
+    if what == "end":
         return f"maintenance ended: alerts for {server_id} are live again"
     return f"maintenance: alerts for {server_id} paused until {at('paused_until')}"
 
 
-def main(argv=None, environ=None):
+def main(argv=None):
     """Console entry point; returns the exit code."""
-    environ = os.environ if environ is None else environ
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     agent = args = None
     try:
-        config, args = load_config(argv, environ)
+        config, args = load_config(argv)
         if args.goodbye or args.maintenance is not None:
-            return _announce(config, args, environ)
+            return _announce(config, args)
         agent = Agent(config)
         if args.check:
             return _check(agent)
@@ -683,6 +716,8 @@ def main(argv=None, environ=None):
             return EXIT_FAILED  # a one-shot command cut short: nothing confirmed
         if args:
             _log("stopped")
+        if agent and args.goodbye_on_exit:  # a clean stop: a crash never gets here
+            agent.goodbye()
     finally:
         if agent:
             agent.client.close()

@@ -95,6 +95,53 @@ def test_the_loops_first_beat_after_a_goodbye_is_accepted_even_after_a_burst(bri
     assert metric(bridge, "heartbeat_expected_back_seconds", "boot-1") == 0  # the goodbye ended
 
 
+def loop(tmp_path, url, server_id, *flags, **settings):
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[agent]\n")
+    return start_agent(conf, *flags, HEARTBEAT_URL=url, HEARTBEAT_SERVER_ID=server_id,
+                       **settings)
+
+
+def test_the_loop_stopped_cleanly_says_goodbye_and_its_next_start_ends_it(bridge, tmp_path):
+    proc = loop(tmp_path, bridge.url, "reboot-1", "--goodbye-on-exit",
+                HEARTBEAT_BACK_WITHIN="10m")
+    try:
+        wait_until(lambda: "up:" in proc.log(), timeout=5, what="the first beat")
+    finally:
+        log = stop_agent(proc)  # SIGTERM: systemctl stop, or a reboot
+    lines = log.splitlines()
+    assert lines[-2] == "heartbeat-agent: stopped"
+    assert lines[-1].startswith("heartbeat-agent: goodbye: reboot-1 is expected back by ")
+    assert abs(metric(bridge, "heartbeat_expected_back_seconds", "reboot-1")
+               - (time.time() + 600)) < 5
+    proc = loop(tmp_path, bridge.url, "reboot-1")  # back after the reboot
+    try:
+        wait_until(lambda: metric(bridge, "heartbeat_expected_back_seconds", "reboot-1") == 0,
+                   timeout=5, what="the goodbye ended by the first beat")
+    finally:
+        log = stop_agent(proc)
+    assert "goodbye" not in log  # not asked for: a stop is silence like any other
+    assert metric(bridge, "heartbeat_expected_back_seconds", "reboot-1") == 0
+
+
+def test_a_goodbye_on_exit_the_bridge_cannot_take_is_logged_and_bounded(tmp_path):
+    hang = []
+    with BeatServer(script=lambda r: "hang" if hang else (200, {}, {})) as server:
+        proc = loop(tmp_path, server.url, "web-1", "--goodbye-on-exit")
+        try:
+            wait_until(lambda: server.requests, timeout=5, what="the first beat")
+            hang.append(True)  # the bridge stops answering before the host stops
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.proc.wait(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            proc.stop()
+    assert code == 0 and took < ha.GOODBYE_TIMEOUT + 1.5, took
+    assert proc.log().splitlines()[-1] == ("heartbeat-agent: goodbye failed: no answer within "
+                                           f"{ha.GOODBYE_TIMEOUT:g}s")
+
+
 # --- maintenance -----------------------------------------------------------------------
 
 def test_maintenance_pauses_with_an_end_and_a_reason_and_end_resumes(bridge):
@@ -161,6 +208,7 @@ def test_nothing_listening_exits_1(flags):
     (("--maintenance", "end", "--reason", "x"), "--reason: only with --maintenance DURATION"),
     (("--goodbye", "--once"), "not allowed with argument"),
     (("--goodbye", "--maintenance", "1h"), "not allowed with argument"),
+    (("--once", "--goodbye-on-exit"), "--goodbye-on-exit: only for the loop"),
 ])
 def test_bad_values_exit_2_before_any_request(flags, message):
     with BeatServer() as server:
