@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.store import StoreError, StoreUnavailableError
@@ -32,6 +33,8 @@ CONNECT_DEFAULTS = {
 }
 # One consistent snapshot for reads that take several statements (snapshot()).
 _READ_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# Statements held back by _QmarkCursor until one that is read (their answers never are).
+_HELD_VERBS = ("INSERT", "UPDATE", "DELETE")
 # server_id sorts by code point, as in SQLite, whatever the database's default collation.
 _COLUMN_REWRITES = (("server_id TEXT PRIMARY KEY", 'server_id TEXT COLLATE "C" PRIMARY KEY'),)
 
@@ -45,20 +48,44 @@ def _to_pyformat(sql):
 
 
 class _QmarkCursor(psycopg.Cursor):
-    """A cursor that takes the portable SQL of sql.py. A pending BEGIN goes to the server
-    with the first statement, in one round trip (a pipeline) instead of two."""
+    """A cursor that takes the portable SQL of sql.py, and saves round trips.
 
-    pending_begin = None
+    Statements whose answer is not read (BEGIN, a lock, writes) are held back and sent in
+    one pipeline with the next statement that is read, or with COMMIT: a beat takes two
+    round trips (BEGIN + SELECT ... FOR UPDATE, then UPDATE + COMMIT) instead of four.
+    Reading `rowcount` sends what is held first.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._held = []
+
+    def hold(self, query, params=None):
+        self._held.append((_to_pyformat(query), params or None))
 
     def execute(self, query, params=None, **kwargs):
-        query, params = _to_pyformat(query), params or None
-        begin, self.pending_begin = self.pending_begin, None
-        if begin is None:
-            return super().execute(query, params, **kwargs)
-        with self.connection.pipeline():
-            self.connection.execute(begin)
-            super().execute(query, params, **kwargs)
+        self.hold(query, params)
+        if not query.startswith(_HELD_VERBS):
+            self._send(**kwargs)
         return self
+
+    @property
+    def rowcount(self):
+        self._send()
+        return super().rowcount
+
+    def discard(self):
+        """Forget what is held (the transaction is being rolled back)."""
+        self._held = []
+
+    def _send(self, **kwargs):
+        statements, self._held = self._held, []
+        if len(statements) == 1:
+            super().execute(*statements[0], **kwargs)
+        elif statements:
+            with self.connection.pipeline():
+                for query, params in statements:
+                    super().execute(query, params)
 
 
 class PostgresStore(SQLStore):
@@ -178,19 +205,19 @@ class PostgresStore(SQLStore):
     def _transaction(self, write):
         self._ensure_schema()
         with self._translate_errors(), self._checked_out() as conn, conn.cursor() as cur:
-            cur.pending_begin = "BEGIN" if write else _READ_BEGIN
+            cur.hold("BEGIN" if write else _READ_BEGIN)
             try:
                 yield cur
+                cur.execute("COMMIT")
             except BaseException:
-                if cur.pending_begin is None:  # else no statement was sent: nothing to undo
-                    _rollback(conn)
+                cur.discard()
+                _rollback(conn)
                 raise
-            cur.execute("COMMIT")
 
     def _lock(self, cur, name):
         """A transaction-scoped advisory lock, per name and per schema."""
-        cur.execute("SELECT pg_advisory_xact_lock(?::integer, "
-                    "hashtext(COALESCE(current_schema(), '')))", (_lock_key(name),))
+        cur.hold("SELECT pg_advisory_xact_lock(?::integer, "
+                 "hashtext(COALESCE(current_schema(), '')))", (_lock_key(name),))
 
     def close(self):
         if self._pool is not None and self._pid == os.getpid():
@@ -232,8 +259,8 @@ def _has_input(conn):
 
 
 def _rollback(conn):
-    if conn.broken:
-        return
+    if conn.broken or conn.info.transaction_status == TransactionStatus.IDLE:
+        return  # nothing was sent, or the server ended the transaction itself
     try:
         conn.execute("ROLLBACK")
     except psycopg.Error as exc:  # the pool discards or resets the connection anyway
