@@ -61,6 +61,8 @@ class TcpProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
+            for sock in (client, upstream):  # as libpq and PostgreSQL do: no Nagle delays
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 if self._listener is not listener:  # cut meanwhile
                     _close(client)

@@ -117,7 +117,7 @@ class PostgresStore(SQLStore):
         self._pool, self._pid = None, None
         self._connect_errors = deque(maxlen=1)  # why the last connection attempt failed
         self._connection_class = _recording_connection(self._connect_errors)
-        self._schema_lock = threading.RLock()
+        self._setup_lock = threading.RLock()
         self._schema_ready = self._schema_busy = False
         try:
             self._ensure_schema()
@@ -136,7 +136,7 @@ class PostgresStore(SQLStore):
         """Create or check the schema once, at the first transaction that reaches the database."""
         if self._schema_ready:
             return
-        with self._schema_lock:
+        with self._setup_lock:
             if self._schema_ready or self._schema_busy:
                 return  # done meanwhile, or re-entered from create_schema's own transaction
             self._schema_busy = True
@@ -151,10 +151,12 @@ class PostgresStore(SQLStore):
                 self._schema_busy = False
 
     def _current_pool(self):
-        if self._pid != os.getpid():
-            if self._pool is not None:
-                # Closing inherited connections would end the parent's sessions too.
-                self._inherited.append(self._pool)
+        if self._pid == os.getpid():
+            return self._pool
+        with self._setup_lock:
+            if self._pid == os.getpid():
+                return self._pool  # another thread opened it meanwhile
+            self._forget_inherited()
             self._pool = ConnectionPool(
                 self.conninfo, min_size=1, max_size=self.pool_size, timeout=self.timeout,
                 # A failing connection attempt backs off exponentially; give up after a
@@ -164,7 +166,14 @@ class PostgresStore(SQLStore):
                 kwargs={"autocommit": True, "cursor_factory": _QmarkCursor},
                 name=f"heartbeat-bridge-{os.getpid()}", open=True)
             self._pid = os.getpid()
-        return self._pool
+            return self._pool
+
+    def _forget_inherited(self):
+        """Set aside a parent process's pool without closing it: closing (or finalizing) its
+        connections here would end the parent's sessions, which share the sockets."""
+        if self._pool is not None and self._pid != os.getpid():
+            self._inherited.append(self._pool)
+            self._pool = None
 
     @contextmanager
     def _checked_out(self):
@@ -220,9 +229,10 @@ class PostgresStore(SQLStore):
                  "hashtext(COALESCE(current_schema(), '')))", (_lock_key(name),))
 
     def close(self):
-        if self._pool is not None and self._pid == os.getpid():
+        self._forget_inherited()
+        if self._pool is not None:
             self._pool.close(timeout=self.timeout)
-        self._pool = None
+            self._pool, self._pid = None, None
 
 
 def _recording_connection(errors):
