@@ -178,6 +178,7 @@ class SQLStore:
         """Add a server that has never beaten; raise ServerExistsError if it is known."""
         now = self.clock()
         with self._transaction(write=True) as cur:
+            self._lock(cur, "register")  # before the check: a racing replica's insert is seen
             if _one(cur, "SELECT 1 FROM servers WHERE server_id = ?", (server_id,)):
                 raise ServerExistsError(server_id)
             self._register_locked(cur, server_id, now, max_servers)
