@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bridge.store import (SCHEMA_VERSION, BeatPolicy, RateLimitedError, ServerLimitError,
+from bridge.store import (SCHEMA_VERSION, BeatPolicy, RateLimitedError, ServerExistsError,
+                          ServerLimitError,
                           StoreError, StoreUnavailableError, open_store)
 from bridge.validate import parse_beat
 from tests.conftest import _postgres_schema_url
@@ -267,3 +268,22 @@ def test_the_rate_limit_holds_across_stores(pg):
     finally:
         for s in stores:
             s.close()
+
+
+def test_registering_one_id_from_two_stores_at_once_succeeds_once(two_stores):
+    """The others are told it exists (409), as on SQLite; none overwrites the winner's token."""
+    for round_ in range(10):
+        server_id = f"same-{round_}"
+
+        def register(i):
+            try:
+                two_stores[i % 2].register(server_id, labels={"by": str(i)},
+                                           token_hash=f"{i:064}")
+                return i
+            except ServerExistsError:
+                return None
+
+        winners = [i for i in _run_together(8, register) if i is not None]
+        assert len(winners) == 1, (server_id, winners)
+        assert two_stores[0].get(server_id).labels == {"by": str(winners[0])}
+        assert two_stores[1].token_hashes(server_id) == [f"{winners[0]:064}"]
