@@ -22,6 +22,11 @@ errorlog = "-"
 proc_name = "heartbeat-bridge"
 # gunicorn's control socket has one fixed path per user; several bridges on a host would clash.
 control_socket_disable = True
+# Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
+# evenly. On one shared socket the idlest-looking worker wins nearly every accept(), and a
+# few dozen slow clients (gthread gives each a thread until its headers are complete, with
+# no header timeout) fill that worker's threads while beats queue behind them.
+reuse_port = True
 # Requests are tiny; refuse oversized request lines and headers outright.
 limit_request_line = 2048
 limit_request_fields = 50
