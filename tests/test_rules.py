@@ -162,3 +162,12 @@ def test_recorded_and_alerting_missing_thresholds_agree():
                            r"\(heartbeat_interval_seconds\)")
     assert (threshold.search(by_name["HeartbeatMissing"]).group(1)
             == threshold.search(by_name["heartbeat:missing:bool"]).group(1))
+
+
+def test_fleet_and_group_silences_fire_before_the_per_server_alerts_they_inhibit():
+    """Alertmanager can only inhibit what arrives after the source: a shorter `for`."""
+    seconds = {"s": 1, "m": 60}
+    durations = {rule["alert"]: int(rule["for"][:-1]) * seconds[rule["for"][-1]]
+                 for rule in alerts() if "for" in rule}
+    for source in ("HeartbeatMassSilence", "HeartbeatGroupSilent"):
+        assert durations[source] < durations["HeartbeatMissing"]
