@@ -9,9 +9,9 @@ PORT   ?= 8000
 DEB_TOOLS := prometheus:prometheus promtool:prometheus \
              prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
              prometheus-pushgateway:prometheus-pushgateway wrk:wrk chromium:chromium \
-             openssl:openssl
+             openssl:openssl haproxy:haproxy
 
-.PHONY: run test install install-test deb-deps postgres bench lint clean
+.PHONY: run test install install-test install-bench deb-deps postgres bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-bench: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-bench: $(VENV)/.installed-bench
 
 ## make run: a development bridge on $(HOST):$(PORT), SQLite under ./var/
 run: install
@@ -59,7 +64,7 @@ postgres:
 test: install-test deb-deps postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install-test deb-deps
+bench: install-bench deb-deps postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

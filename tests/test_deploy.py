@@ -1,7 +1,6 @@
 """deploy/: the compose stack is wired consistently (Docker cannot run here; the configs can
 be read, and Prometheus' and HAProxy's own checkers run on them)."""
 import re
-import shutil
 import subprocess
 from urllib.parse import urlsplit
 
@@ -105,9 +104,7 @@ def test_the_load_balancer_sends_to_every_replica_and_only_them(services):
 
 
 def test_haproxy_accepts_its_config(tmp_path):
-    haproxy = shutil.which("haproxy")
-    if haproxy is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy to check the config)")
+    haproxy = require_binary("haproxy")
     result = subprocess.run([haproxy, "-c", "-f", DEPLOY / "haproxy.cfg"], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
