@@ -287,3 +287,32 @@ def test_registering_one_id_from_two_stores_at_once_succeeds_once(two_stores):
         assert len(winners) == 1, (server_id, winners)
         assert two_stores[0].get(server_id).labels == {"by": str(winners[0])}
         assert two_stores[1].token_hashes(server_id) == [f"{winners[0]:064}"]
+
+
+def test_first_beats_racing_to_register_an_id_share_its_rate_limit(pg):
+    """Beats that found no row and waited on the registration lock use the winner's row.
+
+    With burst 2, only 2 of 16 simultaneous first beats for a new id may pass on either store;
+    a loser of the registration race must not start from an empty rate-limit state.
+    """
+    url = pg[2]
+    now = [1_800_000_000.0]
+    stores = [open_store(url, clock=lambda: now[0], pool_size=8) for _ in range(2)]
+    policy = BeatPolicy(rate_limit_burst=2)
+    try:
+        for round_ in range(5):
+            server_id = f"racer-{round_}"
+
+            def beat(i):
+                try:
+                    stores[i % 2].record_beat(server_id, BEAT, policy)
+                    return True
+                except RateLimitedError:
+                    return False
+
+            accepted = _run_together(16, beat)
+            assert sum(accepted) == 2, (server_id, accepted)
+            assert stores[0].get(server_id).beats_total == 2
+    finally:
+        for s in stores:
+            s.close()

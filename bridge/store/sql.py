@@ -107,10 +107,9 @@ class SQLStore:
             row = _one(cur, "SELECT registered_interval, declared_interval, rl_tat FROM servers "
                             "WHERE server_id = ?" + self.for_update, (server_id,))
             if row is None:
-                self._register_locked(cur, server_id, now, policy.max_servers,
-                                      missing=UnknownServerError if not policy.auto_register
-                                      else None)
-                row = (None, None, None)
+                row = self._register_locked(cur, server_id, now, policy.max_servers,
+                                            missing=UnknownServerError if not policy.auto_register
+                                            else None)
             registered, declared, tat = row
             interval = registered or beat.interval or declared or policy.default_interval
             tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
@@ -283,16 +282,25 @@ class SQLStore:
 
     # -- helpers -------------------------------------------------------------------------
     def _register_locked(self, cur, server_id, now, max_servers, missing=None):
+        """Auto-register server_id under the registration lock; return its locked beat row.
+
+        Another replica may have registered it between our first look and the lock: then
+        its row (interval, rate-limit state) is the one this beat must use, and the cap
+        does not apply to a server that already exists.
+        """
         if missing is not None:
             raise missing(server_id)
         self._lock(cur, "register")
+        select = ("SELECT registered_interval, declared_interval, rl_tat FROM servers "
+                  "WHERE server_id = ?" + self.for_update)
+        row = _one(cur, select, (server_id,))
+        if row is not None:
+            return row
         (count,) = _one(cur, "SELECT COUNT(*) FROM servers")
         if count >= max_servers:
             raise ServerLimitError(f"{count} servers registered, limit {max_servers}")
-        cur.execute("INSERT INTO servers (server_id, created_at) VALUES (?, ?) "
-                    "ON CONFLICT (server_id) DO NOTHING", (server_id, now))
-        # Another replica may have inserted it first; take the row lock either way.
-        _one(cur, "SELECT 1 FROM servers WHERE server_id = ?" + self.for_update, (server_id,))
+        cur.execute("INSERT INTO servers (server_id, created_at) VALUES (?, ?)", (server_id, now))
+        return (None, None, None)
 
     def _update(self, server_id, assignments, params):
         with self._transaction(write=True) as cur:
