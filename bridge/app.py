@@ -89,7 +89,8 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
     def index():
         return jsonify(name="heartbeat-bridge", version=__version__,
                        endpoints=["/", "/api/status", "/api/heartbeat/<server_id>/",
-                                  "/api/servers", "/metrics", "/healthz", "/readyz"])
+                                  "/api/servers", "/metrics", "/healthz", "/readyz",
+                                  "/openapi.yaml"])
 
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {
         "/metrics": metrics_wsgi(bridge_state),
