@@ -34,8 +34,15 @@ def require_binary(name):
     pytest.skip(message)
 
 
+class GiveUp(AssertionError):
+    """Raised by a polled predicate when waiting longer cannot help (the process died)."""
+
+
 def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
-    """Poll predicate() until it returns a truthy value, or fail after timeout seconds."""
+    """Poll predicate() until it returns a truthy value, or fail after timeout seconds.
+
+    A predicate raising GiveUp ends the wait at once with that error.
+    """
     deadline = time.monotonic() + timeout
     last_error = None
     while time.monotonic() < deadline:
@@ -43,6 +50,8 @@ def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
             value = predicate()
             if value:
                 return value
+        except GiveUp:
+            raise
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
         time.sleep(interval)
@@ -141,7 +150,7 @@ class Bridge(Process):
 
     def _ready(self):
         if not self.running():
-            raise AssertionError(f"bridge exited early:\n{self.log()}")
+            raise GiveUp(f"bridge exited with {self.proc.returncode}")
         return requests.get(self.url + "/readyz", timeout=1).status_code == 200
 
     def beat(self, server_id, token=None, json=None, **kwargs):
