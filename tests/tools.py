@@ -129,6 +129,21 @@ def bridge_env(database_url, port, **settings):
     return env
 
 
+def listening_sockets(port):
+    """How many TCP sockets listen on this port (IPv4 and IPv6), from /proc/net/tcp*."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
 class Bridge(Process):
     """`heartbeat-bridge serve` (gunicorn) on a loopback port."""
 
@@ -149,8 +164,12 @@ class Bridge(Process):
         return self
 
     def _ready(self):
+        """Every worker is listening (each has its own SO_REUSEPORT socket, bound when it
+        has booted: until then connections only reach the others) and the store answers."""
         if not self.running():
             raise GiveUp(f"bridge exited with {self.proc.returncode}")
+        if listening_sockets(self.port) < int(self.env["HEARTBEAT_WORKERS"]):
+            return False
         return requests.get(self.url + "/readyz", timeout=1).status_code == 200
 
     def beat(self, server_id, token=None, json=None, **kwargs):
