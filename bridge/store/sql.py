@@ -50,6 +50,8 @@ _SERVER_SELECT = ("SELECT server_id, labels, registered_interval, declared_inter
                   "beats_total, paused, paused_until, pause_reason, created_at, hostname, "
                   "agent_version, boot_time, clock_skew, seq, token_hash, expected_back, retired_at "
                   "FROM servers")
+# What a beat needs of its server's row, locked until the beat commits.
+_BEAT_ROW = "SELECT registered_interval, declared_interval, rl_tat FROM servers WHERE server_id = ?"
 _UNSET = object()
 
 
@@ -104,8 +106,7 @@ class SQLStore:
         """Commit one accepted beat; return (received_at, interval). Safe concurrently."""
         now = self.clock()
         with self._transaction(write=True) as cur:
-            row = _one(cur, "SELECT registered_interval, declared_interval, rl_tat FROM servers "
-                            "WHERE server_id = ?" + self.for_update, (server_id,))
+            row = _one(cur, _BEAT_ROW + self.for_update, (server_id,))
             if row is None:
                 row = self._register_locked(cur, server_id, now, policy.max_servers,
                                             missing=UnknownServerError if not policy.auto_register
@@ -291,9 +292,7 @@ class SQLStore:
         if missing is not None:
             raise missing(server_id)
         self._lock(cur, "register")
-        select = ("SELECT registered_interval, declared_interval, rl_tat FROM servers "
-                  "WHERE server_id = ?" + self.for_update)
-        row = _one(cur, select, (server_id,))
+        row = _one(cur, _BEAT_ROW + self.for_update, (server_id,))
         if row is not None:
             return row
         (count,) = _one(cur, "SELECT COUNT(*) FROM servers")
