@@ -108,9 +108,15 @@ class SQLStore:
         with self._transaction(write=True) as cur:
             row = _one(cur, _BEAT_ROW + self.for_update, (server_id,))
             if row is None:
-                row = self._register_locked(cur, server_id, now, policy.max_servers,
-                                            missing=UnknownServerError if not policy.auto_register
-                                            else None)
+                if not policy.auto_register:
+                    raise UnknownServerError(server_id)
+                # Another replica may register it between that look and the lock: then its
+                # row (interval, rate-limit state) is the one this beat must use.
+                self._lock(cur, "register")
+                row = _one(cur, _BEAT_ROW + self.for_update, (server_id,))
+                if row is None:
+                    self._insert_locked(cur, server_id, now, policy.max_servers)
+                    row = (None, None, None)
             registered, declared, tat = row
             interval = registered or beat.interval or declared or policy.default_interval
             tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
@@ -181,7 +187,7 @@ class SQLStore:
             self._lock(cur, "register")  # before the check: a racing replica's insert is seen
             if _one(cur, "SELECT 1 FROM servers WHERE server_id = ?", (server_id,)):
                 raise ServerExistsError(server_id)
-            self._register_locked(cur, server_id, now, max_servers)
+            self._insert_locked(cur, server_id, now, max_servers)
             cur.execute("UPDATE servers SET registered_interval = ?, labels = ?, token_hash = ? "
                         "WHERE server_id = ?",
                         (interval, _dump_labels(labels or {}), token_hash, server_id))
@@ -282,24 +288,12 @@ class SQLStore:
         self.add_rejections(rejected)
 
     # -- helpers -------------------------------------------------------------------------
-    def _register_locked(self, cur, server_id, now, max_servers, missing=None):
-        """Auto-register server_id under the registration lock; return its locked beat row.
-
-        Another replica may have registered it between our first look and the lock: then
-        its row (interval, rate-limit state) is the one this beat must use, and the cap
-        does not apply to a server that already exists.
-        """
-        if missing is not None:
-            raise missing(server_id)
-        self._lock(cur, "register")
-        row = _one(cur, _BEAT_ROW + self.for_update, (server_id,))
-        if row is not None:
-            return row
+    def _insert_locked(self, cur, server_id, now, max_servers):
+        """Insert a server known to be absent, under the registration lock, within the cap."""
         (count,) = _one(cur, "SELECT COUNT(*) FROM servers")
         if count >= max_servers:
             raise ServerLimitError(f"{count} servers registered, limit {max_servers}")
         cur.execute("INSERT INTO servers (server_id, created_at) VALUES (?, ?)", (server_id, now))
-        return (None, None, None)
 
     def _update(self, server_id, assignments, params):
         with self._transaction(write=True) as cur:
