@@ -43,7 +43,14 @@ class BeatEndpoint:
     def __call__(self, environ, start_response):
         started = time.perf_counter()
         server_id, action = _route(environ.get("PATH_INFO", ""))
-        status, body, headers = self.handle(environ, server_id, action)
+        try:
+            body = _read_body(environ)
+        except InvalidInputError as exc:
+            status, body, headers = self._reject(server_id, exc.reason, exc.status, exc.message)
+        else:
+            status, body, headers = self.handle(
+                environ["REQUEST_METHOD"], server_id, action,
+                environ.get("HTTP_AUTHORIZATION"), environ.get("CONTENT_TYPE"), body)
         payload = json.dumps(body, separators=(",", ":")).encode()
         headers = [("Content-Type", "application/json"),
                    ("Content-Length", str(len(payload)))] + headers
@@ -51,21 +58,24 @@ class BeatEndpoint:
         self.observe(action or "beat", status, time.perf_counter() - started)
         return [payload]
 
-    def handle(self, environ, server_id, action):
-        """(status, JSON body, extra headers) for one request."""
+    def handle(self, method, server_id, action, authorization, content_type, body):
+        """(status, JSON body, extra headers) for one request, from plain values.
+
+        `body` is what the server read, at most MAX_BODY_BYTES + 1 bytes: a longer body is
+        refused with 413 (readers stop at one byte past the limit). Safe to call from any
+        thread; the store calls it makes are the request's only side effects."""
         methods = _ACTIONS[action]
-        if environ["REQUEST_METHOD"] not in methods:
+        if method not in methods:
             allowed = ", ".join(sorted(methods))
             return 405, {"error": "method_not_allowed", "message": f"use {allowed}"}, [
                 ("Allow", allowed)]
         hb = self.state
         try:
             check_server_id(server_id)
-            if _content_length(environ) > MAX_BODY_BYTES:
+            if len(body) > MAX_BODY_BYTES:
                 raise _too_large()
-            hb.auth.check_beat(hb.store, server_id, environ.get("HTTP_AUTHORIZATION"))
-            body, content_type = _read_body(environ), environ.get("CONTENT_TYPE")
-            handler = methods[environ["REQUEST_METHOD"]]
+            hb.auth.check_beat(hb.store, server_id, authorization)
+            handler = methods[method]
             return 200, handler(hb, server_id, body, content_type), []
         except InvalidInputError as exc:
             return self._reject(server_id, exc.reason, exc.status, exc.message)
@@ -154,13 +164,11 @@ def _too_large():
 
 
 def _read_body(environ):
-    """Read at most MAX_BODY_BYTES + 1 bytes, so a chunked flood is cut off early."""
+    """Read at most MAX_BODY_BYTES + 1 bytes, so a chunked flood is cut off early (handle()
+    refuses what is longer than MAX_BODY_BYTES)."""
     stream = environ.get("wsgi.input")
     length = _content_length(environ)
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     if stream is None or (not length and not chunked):
         return b""
-    body = stream.read(MAX_BODY_BYTES + 1 if chunked else min(length, MAX_BODY_BYTES + 1))
-    if len(body) > MAX_BODY_BYTES:
-        raise _too_large()
-    return body
+    return stream.read(MAX_BODY_BYTES + 1 if chunked else min(length, MAX_BODY_BYTES + 1))
