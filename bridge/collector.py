@@ -17,7 +17,12 @@ Per server (operator labels ride along with server_id):
 
 and bridge-level heartbeat_registered_servers, heartbeat_paused_servers,
 heartbeat_max_servers, heartbeat_rejected_total{reason}, heartbeat_store_up,
-heartbeat_scrape_duration_seconds and heartbeat_bridge_build_info.
+heartbeat_scrape_duration_seconds, heartbeat_bridge_build_info and
+
+    heartbeat_bridge_time_seconds 1.7e+09
+
+the store's clock when it took this scrape's snapshot: the clock that stamps beats, so
+the rules measure silence as this minus heartbeat_last_seen_seconds, on one clock.
 
 `PER_SERVER` is the one table of per-server metrics: HeartbeatCollector turns it into
 prometheus_client families, and bridge.exposition renders the same table fast for
@@ -115,6 +120,9 @@ def bridge_families(snapshot, max_servers, started):
     for reason, count in sorted(snapshot.rejected.items()):
         rejected.add_sample("heartbeat_rejected_total", {"reason": reason}, count)
     yield rejected
+    yield _gauge("heartbeat_bridge_time_seconds",
+                 "Unix time (bridge clock, the one that stamps beats) of this scrape's snapshot.",
+                 now)
     yield _gauge("heartbeat_store_up", "1 when this scrape read the store.", 1)
     yield _gauge("heartbeat_scrape_duration_seconds",
                  "Time this scrape took to read the store snapshot.",

@@ -84,6 +84,22 @@ def test_bridge_level_metrics(client, fleet):
     assert value(s, "heartbeat_bridge_http_requests_total", handler="beat", code="200") == 2
 
 
+def test_bridge_time_is_the_clock_that_stamps_beats_read_at_each_scrape(client, clock, fleet):
+    # The fake clock is far from the machine's: the gauge must follow the store's clock.
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert value(s, "heartbeat_bridge_time_seconds") == clock.now
+    clock.advance(95)
+    for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+        text = scrape(client, headers={"Accept": accept}).get_data(as_text=True)
+        s = sample_map(text, om_parse if "openmetrics" in accept else
+                       text_string_to_metric_families)
+        # silence on one clock: bridge time minus the last beat, both stamped by the store
+        silence = (value(s, "heartbeat_bridge_time_seconds")
+                   - value(s, "heartbeat_last_seen_seconds", server_id="web-1"))
+        assert silence == 95
+    assert "# TYPE heartbeat_bridge_time_seconds gauge" in scrape(client).get_data(as_text=True)
+
+
 def test_a_timed_pause_ends_by_itself(client, clock, fleet):
     clock.advance(7201)
     s = sample_map(scrape(client).get_data(as_text=True))
