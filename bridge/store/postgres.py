@@ -15,6 +15,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.store import StoreError, StoreUnavailableError
+from bridge.store.batch import Batches
 from bridge.store.sql import SQLStore
 
 log = logging.getLogger("bridge")
@@ -33,8 +34,9 @@ CONNECT_DEFAULTS = {
 }
 # One consistent snapshot for reads that take several statements (snapshot()).
 _READ_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-# Statements held back by _QmarkCursor until one that is read (their answers never are).
-_HELD_VERBS = ("INSERT", "UPDATE", "DELETE")
+# Statements held back by _QmarkCursor until one that is read (their answers never are);
+# savepoints too, so an operation inside a batch (bridge/store/batch.py) adds no round trip.
+_HELD_VERBS = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT", "RELEASE")
 # server_id sorts by code point, as in SQLite, whatever the database's default collation.
 _COLUMN_REWRITES = (("server_id TEXT PRIMARY KEY", 'server_id TEXT COLLATE "C" PRIMARY KEY'),)
 
@@ -88,7 +90,7 @@ class _QmarkCursor(psycopg.Cursor):
                     super().execute(query, params)
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(Batches, SQLStore):
     """A store in one PostgreSQL database (or schema), shared by every replica.
 
     Safe for the threads of a worker (one pool per process) and across forks: a process
@@ -211,7 +213,8 @@ class PostgresStore(SQLStore):
             raise StoreUnavailableError(f"postgresql {self.where}: {reason}") from exc
 
     @contextmanager
-    def _transaction(self, write):
+    def _begin(self, write):
+        """A transaction of its own on a pooled connection (see Batches)."""
         self._ensure_schema()
         with self._translate_errors(), self._checked_out() as conn, conn.cursor() as cur:
             cur.hold("BEGIN" if write else _READ_BEGIN)

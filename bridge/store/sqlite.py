@@ -7,10 +7,11 @@ import time
 from contextlib import contextmanager, nullcontext
 
 from bridge.store import StoreUnavailableError
+from bridge.store.batch import Batches
 from bridge.store.sql import SQLStore
 
 
-class SQLiteStore(SQLStore):
+class SQLiteStore(Batches, SQLStore):
     """A store in one SQLite file; one connection per thread and process.
 
     Writes take the database lock at BEGIN IMMEDIATE, so read-modify-write is atomic
@@ -71,7 +72,8 @@ class SQLiteStore(SQLStore):
             raise StoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
 
     @contextmanager
-    def _transaction(self, write):
+    def _begin(self, write):
+        """A transaction of its own on this thread's connection (see Batches)."""
         with self._translate_errors():
             conn = self._connection()
             with self._write_lock() if write else nullcontext():

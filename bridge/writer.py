@@ -1,0 +1,100 @@
+"""One writer thread per worker: the event loop hands it jobs, it runs them in batches.
+
+A job is a plain function doing store calls (the whole handling of one beat). The writer
+takes every job queued meanwhile (up to `max_batch`), runs them inside one `store.batch()`
+(one transaction, one write-lock hand-off, one COMMIT), and only then resolves each job's
+future in the loop. So the loop never waits on the store, and a request is answered only
+after what it wrote is durable. A job that raises fails only itself; a batch whose BEGIN
+or COMMIT fails answers every job of it with `fail(exc)`: nothing of it was acknowledged.
+"""
+import asyncio
+import logging
+import queue
+import threading
+
+log = logging.getLogger("bridge")
+_STOP = object()
+
+
+class GroupWriter:
+    """Group commit for one process. submit() is called from the loop; the rest runs on the
+    writer thread."""
+
+    def __init__(self, store, max_batch=256):
+        self.store = store
+        self.max_batch = max_batch
+        self._queue = queue.SimpleQueue()
+        self._loop = None
+        self._thread = None
+
+    def start(self, loop):
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, job, fail):
+        """A future for job()'s result once its batch committed (or fail(exc) if it did not)."""
+        future = self._loop.create_future()
+        self._queue.put((job, fail, future))
+        return future
+
+    async def stop(self):
+        """Finish what is queued, then end the thread."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+
+    def _run(self):
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            jobs = [first]
+            while len(jobs) < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stopping = True
+                    break
+                jobs.append(job)
+            outcomes = self._run_batch(jobs)
+            try:
+                self._loop.call_soon_threadsafe(_resolve, outcomes)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+    def _run_batch(self, jobs):
+        """[(future, result, exception)] for each job."""
+        outcomes = []
+        try:
+            with self.store.batch():
+                for job, _, future in jobs:
+                    try:
+                        outcomes.append((future, job(), None))
+                    except Exception as exc:  # a bug in one job must not fail the others
+                        log.exception("a queued store job failed")
+                        outcomes.append((future, None, exc))
+        except Exception as exc:  # BEGIN or COMMIT failed: the whole batch was rolled back
+            log.error("group commit of %d requests failed, none acknowledged: %s",
+                      len(jobs), exc)
+            outcomes = []
+            for _, fail, future in jobs:
+                try:
+                    outcomes.append((future, fail(exc), None))
+                except Exception as error:
+                    outcomes.append((future, None, error))
+        return outcomes
+
+
+def _resolve(outcomes):
+    for future, result, exc in outcomes:
+        if future.done():  # cancelled: the request's task is gone
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
