@@ -99,3 +99,58 @@ def forget_silent(store, days):
     if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
         raise InvalidInputError("invalid_field", "days must be a positive number", 422)
     return store.forget_silent(days * 86400)
+
+
+class StoreAdmin:
+    """The operations `heartbeat-bridge` offers, on a store it opened itself.
+
+    bridge.remote.RemoteAdmin offers the same methods through a bridge's admin API. Both
+    return servers as the admin API shows them (Server.as_dict) and raise the same errors,
+    so each CLI command is written once.
+    """
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+
+    def _shown(self, server):
+        return server.as_dict(self.store.clock(), self.settings.default_interval)
+
+    def list(self):
+        return [self._shown(s) for s in self.store.list()]
+
+    def get(self, server_id):
+        return self._shown(self.store.get(server_id))
+
+    def register(self, server_id, interval=None, labels=None, with_token=False):
+        server, token = register(self.store, self.settings, server_id, interval=interval,
+                                 labels=labels, with_token=with_token)
+        return self._shown(server), token
+
+    def relabel(self, server_id, labels):
+        return self._shown(relabel(self.store, server_id, labels))
+
+    def set_interval(self, server_id, interval):
+        return self._shown(set_interval(self.store, server_id, interval))
+
+    def pause(self, server_id, duration=None, until=None, reason=None):
+        return self._shown(pause(self.store, server_id, duration=duration, until=until,
+                                 reason=reason))
+
+    def resume(self, server_id):
+        return self._shown(resume(self.store, server_id))
+
+    def retire(self, server_id, retired=True):
+        return self._shown(retire(self.store, server_id, retired))
+
+    def remove(self, server_id):
+        remove(self.store, server_id)
+
+    def rotate_token(self, server_id, keep_previous_for=None):
+        return rotate_token(self.store, server_id, keep_previous_for)
+
+    def revoke_token(self, server_id):
+        revoke_token(self.store, server_id)
+
+    def forget_silent(self, days):
+        return forget_silent(self.store, days)

@@ -1,4 +1,5 @@
-"""`heartbeat-bridge`: serve, and manage servers and tokens directly in the store."""
+"""`heartbeat-bridge`: serve, and manage servers and tokens in the store, or through a
+bridge's admin API with --url (HEARTBEAT_URL)."""
 import argparse
 import datetime
 import json
@@ -8,7 +9,8 @@ import sys
 import tempfile
 
 from bridge import __version__, admin
-from bridge.config import ConfigError, Settings
+from bridge.config import ConfigError, Settings, check_url, read_secret_file
+from bridge.remote import RemoteError
 from bridge.store import ServerExistsError, ServerLimitError, StoreError, UnknownServerError
 from bridge.validate import InvalidInputError
 
@@ -24,7 +26,8 @@ def main(argv=None):
     try:
         settings = Settings.from_env()
         if getattr(args, "database_url", None):
-            settings = _with(settings, database_url=args.database_url)
+            settings = _with(settings, database_url=args.database_url, url="")
+        settings = _remote(args, settings)
         return args.func(args, settings) or 0
     except tuple(_FAILURES) as exc:
         code, message = next(v for k, v in _FAILURES.items() if isinstance(exc, k))
@@ -40,6 +43,7 @@ _FAILURES = {
     ServerExistsError: (1, lambda exc: f"server {exc.args[0]!r} is registered already"),
     ServerLimitError: (1, str),
     StoreError: (1, str),
+    RemoteError: (1, str),
 }
 
 
@@ -53,6 +57,32 @@ def _with(settings, **changes):
 def _store(settings):
     from bridge.store import open_store
     return open_store(settings.database_url, pool_size=1)
+
+
+def _remote(args, settings):
+    """--url wins over HEARTBEAT_URL; --database-url over HEARTBEAT_URL; never both flags."""
+    from dataclasses import replace
+    url, token_file = getattr(args, "url", None), getattr(args, "admin_token_file", None)
+    if url and getattr(args, "database_url", None):
+        raise ConfigError("give --url (a bridge) or --database-url (a store), not both")
+    if url:
+        settings = replace(settings, url=check_url(url, "--url"))
+    if token_file and not settings.url:
+        raise ConfigError("--admin-token-file needs --url (or HEARTBEAT_URL)")
+    return settings
+
+
+def _admin(args, settings):
+    """Where the servers and tokens commands act: the store, or a bridge's admin API."""
+    if not settings.url:
+        return admin.StoreAdmin(_store(settings), settings)
+    from bridge.remote import RemoteAdmin
+    token = (read_secret_file(args.admin_token_file, "--admin-token-file")
+             if args.admin_token_file else settings.admin_token)
+    if not token:
+        raise ConfigError(f"{settings.url} needs the admin token: set HEARTBEAT_ADMIN_TOKEN_FILE "
+                          "(or HEARTBEAT_ADMIN_TOKEN), or give --admin-token-file")
+    return RemoteAdmin(settings.url, token)
 
 
 # -- serve -----------------------------------------------------------------------------------
@@ -100,9 +130,8 @@ def check_config(args, settings):
 
 
 # -- servers ---------------------------------------------------------------------------------
-def _print_server(server, settings, as_json):
-    import time
-    data = server.as_dict(time.time(), settings.default_interval)
+def _print_server(data, as_json=False):
+    """One server as the admin API shows it (Server.as_dict), as JSON or one field a line."""
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -117,78 +146,73 @@ def _iso(ts):
 
 
 def servers_list(args, settings):
-    import time
-    now = time.time()
-    servers = _store(settings).list()
+    servers = _admin(args, settings).list()
     if args.json:
-        print(json.dumps([s.as_dict(now, settings.default_interval) for s in servers], indent=2))
+        print(json.dumps(servers, indent=2))
         return
     print(f"{'SERVER_ID':32} {'LAST_SEEN':25} {'INTERVAL':>8} {'BEATS':>8} {'PAUSED':6} LABELS")
     for s in servers:
-        seen = _iso(s.last_seen) if s.last_seen else "never"
-        labels = ",".join(f"{k}={v}" for k, v in s.labels.items())
-        print(f"{s.server_id:32} {seen:25} {s.interval(settings.default_interval):>8g} "
-              f"{s.beats_total:>8} {'yes' if s.is_paused(now) else 'no':6} {labels}")
+        seen = _iso(s["last_seen"]) if s["last_seen"] else "never"
+        labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
+        print(f"{s['server_id']:32} {seen:25} {s['interval']:>8g} "
+              f"{s['beats_total']:>8} {'yes' if s['paused'] else 'no':6} {labels}")
 
 
 def servers_show(args, settings):
-    _print_server(_store(settings).get(args.server_id), settings, args.json)
+    _print_server(_admin(args, settings).get(args.server_id), args.json)
 
 
 def servers_register(args, settings):
-    server, token = admin.register(_store(settings), settings, args.server_id,
-                                   interval=args.interval, labels=_labels(args.label),
-                                   with_token=args.token)
-    _print_server(server, settings, False)
+    server, token = _admin(args, settings).register(
+        args.server_id, interval=args.interval, labels=_labels(args.label), with_token=args.token)
+    _print_server(server)
     if token:
         print(f"token                {token}")
 
 
 def servers_relabel(args, settings):
-    _print_server(admin.relabel(_store(settings), args.server_id, _labels(args.label)),
-                  settings, False)
+    _print_server(_admin(args, settings).relabel(args.server_id, _labels(args.label)))
 
 
 def servers_set_interval(args, settings):
     interval = None if args.interval == "agent" else _number(args.interval, "interval")
-    _print_server(admin.set_interval(_store(settings), args.server_id, interval), settings, False)
+    _print_server(_admin(args, settings).set_interval(args.server_id, interval))
 
 
 def servers_pause(args, settings):
     until = None if args.until is None else _number(args.until, "--until")
-    _print_server(admin.pause(_store(settings), args.server_id, duration=args.for_,
-                              until=until, reason=args.reason), settings, False)
+    _print_server(_admin(args, settings).pause(args.server_id, duration=args.for_, until=until,
+                                               reason=args.reason))
 
 
 def servers_resume(args, settings):
-    _print_server(admin.resume(_store(settings), args.server_id), settings, False)
+    _print_server(_admin(args, settings).resume(args.server_id))
 
 
 def servers_retire(args, settings):
-    _print_server(admin.retire(_store(settings), args.server_id), settings, False)
+    _print_server(_admin(args, settings).retire(args.server_id))
 
 
 def servers_unretire(args, settings):
-    _print_server(admin.retire(_store(settings), args.server_id, retired=False), settings,
-                  False)
+    _print_server(_admin(args, settings).retire(args.server_id, retired=False))
 
 
 def servers_remove(args, settings):
-    admin.remove(_store(settings), args.server_id)
+    _admin(args, settings).remove(args.server_id)
     print(f"removed {args.server_id}")
 
 
 def servers_forget(args, settings):
-    count = admin.forget_silent(_store(settings), _number(args.silent_days, "--silent-days"))
+    count = _admin(args, settings).forget_silent(_number(args.silent_days, "--silent-days"))
     print(f"forgot {count} servers")
 
 
 def tokens_rotate(args, settings):
-    print(admin.rotate_token(_store(settings), args.server_id, args.keep_previous_for))
+    print(_admin(args, settings).rotate_token(args.server_id, args.keep_previous_for))
 
 
 def tokens_revoke(args, settings):
-    admin.revoke_token(_store(settings), args.server_id)
+    _admin(args, settings).revoke_token(args.server_id)
     print(f"revoked the token of {args.server_id}")
 
 
@@ -245,9 +269,16 @@ def _labels(pairs):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="heartbeat-bridge", description=__doc__)
+    # No abbreviations: `--admin-token SECRET` must not pass for --admin-token-file.
+    parser = argparse.ArgumentParser(prog="heartbeat-bridge", description=__doc__,
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"heartbeat-bridge {__version__}")
     parser.add_argument("--database-url", help="overrides HEARTBEAT_DATABASE_URL")
+    parser.add_argument("--url", help="manage the bridge at this URL through its admin API "
+                        "(overrides HEARTBEAT_URL); the admin token comes from "
+                        "HEARTBEAT_ADMIN_TOKEN_FILE, HEARTBEAT_ADMIN_TOKEN or --admin-token-file")
+    parser.add_argument("--admin-token-file", metavar="PATH",
+                        help="read the admin token for --url from this file")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(parent, name, func, help_text):

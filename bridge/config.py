@@ -37,6 +37,8 @@ class Settings:
     log_level: str = "info"
     pool_size: int = 4
     metrics_multiproc_dir: str = ""
+    # The CLI only: manage the bridge at this URL through its admin API instead of the store.
+    url: str = ""
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -73,6 +75,7 @@ class Settings:
             pool_size=reader.integer("HEARTBEAT_DB_POOL_SIZE", cls.pool_size, 1, 100),
             # Set by `heartbeat-bridge serve` so gunicorn workers share request metrics.
             metrics_multiproc_dir=reader.raw("PROMETHEUS_MULTIPROC_DIR") or "",
+            url=reader.url("HEARTBEAT_URL"),
         )
         return settings
 
@@ -176,16 +179,15 @@ class _Reader:
         if value and path:
             raise ConfigError(f"{name} and {name}_FILE are both set; set only one")
         if path:
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    value = handle.read().strip()
-            except OSError as exc:
-                raise ConfigError(f"{name}_FILE: cannot read {path!r}: {exc.strerror}") from None
-            if not value:
-                raise ConfigError(f"{name}_FILE: {path!r} is empty")
+            value = read_secret_file(path, f"{name}_FILE")
         if value and len(value) < 8:
             raise ConfigError(f"{name}: a token must be at least 8 characters")
         return value or ""
+
+    def url(self, name):
+        """An http(s) URL of a bridge, without a trailing slash; "" when unset."""
+        value = self.raw(name) or ""
+        return check_url(value, name) if value else ""
 
     def token_list(self, name):
         """Comma-separated tokens (several are accepted at once during a rotation)."""
@@ -193,3 +195,22 @@ class _Reader:
         if any(len(t) < 8 for t in tokens):
             raise ConfigError(f"{name}: a token must be at least 8 characters")
         return tokens
+
+
+def read_secret_file(path, name):
+    """The stripped contents of a secret file; ConfigError naming `name` if unreadable or empty."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{name}: {path!r} is empty")
+    return value
+
+
+def check_url(value, name):
+    """A bridge's base URL (http:// or https://, a host); ConfigError naming `name` otherwise."""
+    if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?\Z", value):
+        raise ConfigError(f"{name}: expected http(s)://host[:port][/path], got {value!r}")
+    return value.rstrip("/")

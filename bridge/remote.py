@@ -1,0 +1,139 @@
+"""The CLI's operations on a bridge it cannot open the store of, through its admin API.
+
+RemoteAdmin has the methods of bridge.admin.StoreAdmin and answers alike: servers as the
+admin API's JSON objects, and the API's error answers ({"error", "message"}) raised as the
+exceptions the store and the validators raise, so `heartbeat-bridge` prints the same lines
+whichever way it reached the bridge.
+"""
+from urllib.parse import quote
+
+from bridge.store import Server, ServerExistsError, ServerLimitError, UnknownServerError
+from bridge.validate import InvalidInputError, check_server_id
+
+TIMEOUT = 10.0
+# API statuses that mean "your input was refused": the CLI exits 2 for them, as for its own.
+_INPUT_STATUSES = frozenset({400, 413, 415, 422})
+# The API sorts a server's keys; the CLI shows them in the order the store's view has.
+_KEY_ORDER = {key: n for n, key in enumerate(Server("", {}).as_dict(0.0, 1.0))}
+
+
+class RemoteError(RuntimeError):
+    """The bridge could not be reached, or refused the request for a reason that is not
+    the input's (bad admin token, admin API off, store unavailable)."""
+
+
+class RemoteAdmin:
+    """Admin operations on the bridge at `url` with its admin token (sent as Bearer only)."""
+
+    def __init__(self, url, admin_token, timeout=TIMEOUT, session=None):
+        import requests  # here, not at the top: `serve` and `healthcheck` never need it
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {admin_token}"
+        self.session.headers["User-Agent"] = "heartbeat-bridge-cli"
+
+    def list(self):
+        return [_in_store_order(s) for s in self._call("GET")["servers"]]
+
+    def get(self, server_id):
+        return _in_store_order(self._call("GET", server_id)["server"])
+
+    def register(self, server_id, interval=None, labels=None, with_token=False):
+        check_server_id(server_id)  # the API's own message, before any request
+        body = {"server_id": server_id, "labels": labels or {}}
+        if interval is not None:
+            body["interval"] = interval
+        if with_token:
+            body["token"] = True
+        answer = self._call("POST", body=body, about=server_id)
+        return _in_store_order(answer["server"]), answer.get("token")
+
+    def relabel(self, server_id, labels):
+        return _in_store_order(self._call("PATCH", server_id, body={"labels": labels})["server"])
+
+    def set_interval(self, server_id, interval):
+        return _in_store_order(
+            self._call("PATCH", server_id, body={"interval": interval})["server"])
+
+    def pause(self, server_id, duration=None, until=None, reason=None):
+        body = {k: v for k, v in (("for", duration), ("until", until), ("reason", reason))
+                if v is not None}
+        return _in_store_order(self._call("POST", server_id, "pause", body)["server"])
+
+    def resume(self, server_id):
+        return _in_store_order(self._call("POST", server_id, "resume")["server"])
+
+    def retire(self, server_id, retired=True):
+        action = "retire" if retired else "unretire"
+        return _in_store_order(self._call("POST", server_id, action)["server"])
+
+    def remove(self, server_id):
+        self._call("DELETE", server_id)
+
+    def rotate_token(self, server_id, keep_previous_for=None):
+        body = {} if keep_previous_for is None else {"keep_previous_for": keep_previous_for}
+        return self._call("POST", server_id, "token", body)["token"]
+
+    def revoke_token(self, server_id):
+        self._call("DELETE", server_id, "token")
+
+    def forget_silent(self, days):
+        raise RemoteError("servers forget has no admin API: run it where the store is "
+                          "reachable, with --database-url or HEARTBEAT_DATABASE_URL")
+
+    def _call(self, method, server_id=None, action=None, body=None, about=None):
+        """JSON answer of one admin API request; raises what the local operation would."""
+        import requests
+        url = f"{self.url}/api/servers"
+        if server_id is not None:
+            # Checked here too: the id is a path segment, so '..' must not reach another URL.
+            url += "/" + quote(check_server_id(server_id), safe="")
+        if action:
+            url += "/" + action
+        try:
+            response = self.session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RemoteError(f"{url}: {_short(exc)}") from None
+        if response.status_code == 204:
+            return {}
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise RemoteError(f"{method} {url}: HTTP {response.status_code}, not an answer "
+                              f"of the bridge's admin API (is --url the bridge's base URL?)")
+        if response.ok:
+            return answer
+        _raise(response.status_code, answer, about or server_id)
+        return {}  # not reached
+
+
+def _raise(status, answer, server_id):
+    """Raise the exception the local operation raises for this API error answer."""
+    reason = answer.get("error", "error")
+    message = answer.get("message", "")
+    if reason == "unknown_server":
+        raise UnknownServerError(server_id)
+    if reason == "server_exists":
+        raise ServerExistsError(server_id)
+    if reason == "server_limit":
+        raise ServerLimitError(message)
+    if status in _INPUT_STATUSES:
+        raise InvalidInputError(reason, message, status)
+    raise RemoteError(f"the bridge answered {status} {reason}: {message}")
+
+
+def _in_store_order(server):
+    """The server's keys in Server.as_dict's order (unknown keys last, sorted)."""
+    return dict(sorted(server.items(), key=lambda kv: (_KEY_ORDER.get(kv[0], len(_KEY_ORDER)),
+                                                      kv[0])))
+
+
+def _short(exc):
+    """One line for a connection failure (requests nests the reason several levels deep)."""
+    text = str(exc)
+    for marker in ("Caused by ", "Failed to establish a new connection: "):
+        text = text.split(marker, 1)[-1]
+    return f"{type(exc).__name__}: {text.strip('()')}"
