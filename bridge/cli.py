@@ -98,8 +98,9 @@ def serve(args, settings):
     _store(settings).close()  # create the schema once, and fail here rather than per worker
     env = dict(os.environ)
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-metrics-")
-    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF,
-            "bridge.app:create_app()"]
+    app = ("bridge.asgi:create_asgi_app()" if settings.worker_class == "uvicorn"
+           else "bridge.app:create_app()")
+    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF, app]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

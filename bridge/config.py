@@ -1,4 +1,5 @@
 """Typed settings: the only module that reads the environment."""
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -25,7 +26,11 @@ class Settings:
     workers: int = 4
     threads: int = 4
     timeout: int = 30
-    keepalive: int = 5
+    keepalive: int = 75
+    worker_class: str = "uvicorn"
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    trusted_proxies: tuple = ()
     max_servers: int = 100000
     default_interval: float = 30.0
     rate_limit_burst: int = 10
@@ -56,7 +61,18 @@ class Settings:
             workers=reader.integer("HEARTBEAT_WORKERS", cls.workers, 1, 64),
             threads=reader.integer("HEARTBEAT_THREADS", cls.threads, 1, 64),
             timeout=reader.integer("HEARTBEAT_TIMEOUT", cls.timeout, 1, 3600),
-            keepalive=reader.integer("HEARTBEAT_KEEPALIVE", cls.keepalive, 0, 300),
+            # Above the default interval, so a 30 s agent reuses its connection.
+            keepalive=reader.integer("HEARTBEAT_KEEPALIVE", cls.keepalive, 0, 3600),
+            # uvicorn: an event loop per worker (beats in the loop, Flask in threads);
+            # gthread: the threaded worker of earlier versions, kept for comparison.
+            worker_class=reader.choice("HEARTBEAT_WORKER_CLASS", cls.worker_class,
+                                       ("uvicorn", "gthread")),
+            # A client must send its request line and headers, then its body, within these.
+            header_timeout=reader.number("HEARTBEAT_HEADER_TIMEOUT", cls.header_timeout,
+                                         0.1, 300.0),
+            body_timeout=reader.number("HEARTBEAT_BODY_TIMEOUT", cls.body_timeout, 0.1, 300.0),
+            # Peers whose X-Forwarded-For / -Proto are believed; none by default.
+            trusted_proxies=reader.addresses("HEARTBEAT_TRUSTED_PROXIES"),
             max_servers=reader.integer("HEARTBEAT_MAX_SERVERS", cls.max_servers, 1, 10_000_000),
             default_interval=reader.number("HEARTBEAT_DEFAULT_INTERVAL", cls.default_interval,
                                            MIN_INTERVAL, MAX_INTERVAL),
@@ -171,6 +187,22 @@ class _Reader:
         if value.startswith(("postgresql://", "postgres://")):
             return value
         raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., got {value!r}")
+
+    def addresses(self, name):
+        """Comma-separated IP addresses or networks (CIDR), or `*` for any peer."""
+        value = self.raw(name)
+        if value is None:
+            return ()
+        items = tuple(item.strip() for item in value.split(",") if item.strip())
+        for item in items:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name}: expected IP addresses or networks separated by "
+                                  f"commas (or *), got {item!r}") from None
+        return items
 
     def secret(self, name):
         """A secret from NAME, or read from the file named by NAME_FILE (not both)."""

@@ -10,9 +10,14 @@ _settings = Settings.from_env()
 
 bind = [_settings.bind]
 workers = _settings.workers
-# Threads let one worker overlap store waits and keep slow clients from blocking it.
-worker_class = "gthread"
-threads = _settings.threads
+# An event loop per worker (bridge/worker.py): a slow or idle connection costs memory, not
+# a thread. `heartbeat-bridge serve` gives it the ASGI app (bridge/asgi.py). gthread, the
+# threaded worker of earlier versions, stays selectable for comparison (bench `before`).
+if _settings.worker_class == "uvicorn":
+    worker_class = "bridge.worker.BridgeWorker"
+else:
+    worker_class = "gthread"
+    threads = _settings.threads
 timeout = _settings.timeout
 graceful_timeout = 10
 keepalive = _settings.keepalive
@@ -23,14 +28,18 @@ proc_name = "heartbeat-bridge"
 # gunicorn's control socket has one fixed path per user; several bridges on a host would clash.
 control_socket_disable = True
 # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
-# evenly. On one shared socket the idlest-looking worker wins nearly every accept(), and a
-# few dozen slow clients (gthread gives each a thread until its headers are complete, with
-# no header timeout) fill that worker's threads while beats queue behind them.
+# across workers. On one shared socket the idlest-looking worker wins nearly every accept()
+# (with gthread, a few dozen slow clients then filled its threads while beats queued).
 reuse_port = True
-# Requests are tiny; refuse oversized request lines and headers outright.
+# Requests are tiny; refuse oversized request lines and headers outright (gthread; the
+# uvicorn worker has its own total limit, bridge.worker.MAX_HEADER_BYTES).
 limit_request_line = 2048
 limit_request_fields = 50
 limit_request_field_size = 4096
+# Forwarding headers (X-Forwarded-*, and SCRIPT_NAME / PATH_INFO, which gunicorn would
+# otherwise take from 127.0.0.1) are believed only from the proxies the operator named.
+forwarded_allow_ips = ",".join(_settings.trusted_proxies)
+forwarder_headers = ""
 
 
 def post_fork(server, worker):
@@ -47,6 +56,7 @@ def child_exit(server, worker):
 
 
 def worker_exit(server, worker):
+    """gthread: write pending rejection counts (the ASGI app does it at its shutdown)."""
     app = getattr(worker, "wsgi", None)
     state = getattr(app, "extensions", {}).get("heartbeat") if app else None
     if state is not None:

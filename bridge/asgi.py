@@ -1,0 +1,113 @@
+"""The ASGI app `heartbeat-bridge serve` runs under gunicorn with bridge.worker.BridgeWorker.
+
+Beats (`/api/heartbeat/...`: beat, goodbye, maintenance) are handled natively in the event
+loop: headers and body are read there, then the whole handling (BeatEndpoint.handle: auth,
+validation, store) runs as one job of the process's group commit (bridge/writer.py), and
+the answer goes out once that job's batch committed. Everything else is the Flask app
+(admin API, status page, health, /metrics) in a pool of HEARTBEAT_THREADS threads through
+a2wsgi, so a 100,000-server /metrics render never runs in the loop.
+"""
+import asyncio
+import functools
+import json
+import logging
+import time
+
+from a2wsgi import WSGIMiddleware
+
+from bridge.app import create_app
+from bridge.validate import MAX_BODY_BYTES
+from bridge.views.beat import _STORE_REJECTIONS, PREFIX, _route
+from bridge.store import StoreUnavailableError
+from bridge.writer import GroupWriter
+
+log = logging.getLogger("bridge")
+_JSON = (b"content-type", b"application/json")
+# Stands for a body whose Content-Length is over the limit: it is not read, and
+# BeatEndpoint.handle() refuses anything longer than MAX_BODY_BYTES with 413.
+_OVER_LIMIT = bytes(MAX_BODY_BYTES + 1)
+
+
+def create_asgi_app(**options):
+    """The bridge as an ASGI app; options as for bridge.app.create_app()."""
+    return BridgeASGI(create_app(**options))
+
+
+class BridgeASGI:
+    """Routes by path: the beat prefix natively, everything else to Flask in threads."""
+
+    def __init__(self, flask_app):
+        self.flask_app = flask_app
+        self.state = flask_app.extensions["heartbeat"]
+        self.beats = flask_app.wsgi_app.mounts[PREFIX]  # the BeatEndpoint create_app mounted
+        self.wsgi = WSGIMiddleware(flask_app, workers=self.state.settings.threads)
+        self.writer = GroupWriter(self.state.store)
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path.startswith(PREFIX) and path[len(PREFIX):len(PREFIX) + 1] in ("", "/"):
+                return await self.beat(scope, receive, send)
+            return await self.wsgi(scope, receive, send)
+        if kind == "lifespan":
+            return await self.lifespan(receive, send)
+        # websocket: not served
+
+    async def lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.writer.start(asyncio.get_running_loop())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.writer.stop()
+                self.state.rejections.flush()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def beat(self, scope, receive, send):
+        started = time.perf_counter()
+        server_id, action = _route(scope["path"][len(PREFIX):])
+        authorization = content_type = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+        body = await _read_body(receive, length)
+        if body is None:
+            return  # the client went away, or was cut off by the body timeout
+        status, answer, headers = await self.writer.submit(
+            functools.partial(self.beats.handle, scope["method"], server_id, action,
+                              authorization, content_type, body),
+            functools.partial(self._unavailable, server_id))
+        payload = json.dumps(answer, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            _JSON, (b"content-length", str(len(payload)).encode())] + [
+            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]})
+        await send({"type": "http.response.body", "body": payload})
+        self.beats.observe(action or "beat", status, time.perf_counter() - started)
+
+    def _unavailable(self, server_id, exc):
+        """The answer to a request whose batch did not commit: nothing was acknowledged."""
+        reason, status, message = _STORE_REJECTIONS[StoreUnavailableError]
+        return self.beats._reject(server_id, reason, status, message, [("Retry-After", "5")])
+
+
+async def _read_body(receive, length):
+    """The request body, at most MAX_BODY_BYTES + 1 bytes; None if the client went away."""
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return _OVER_LIMIT
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY_BYTES:
+            return body[:MAX_BODY_BYTES + 1]  # a chunked flood is cut off here
+        if not message.get("more_body", False):
+            return body
