@@ -98,6 +98,8 @@ def serve(args, settings):
     _store(settings).close()  # create the schema once, and fail here rather than per worker
     env = dict(os.environ)
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-metrics-")
+    # The workers share status snapshots there (bridge/status_cache.py).
+    env["HEARTBEAT_STATUS_CACHE_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-status-")
     app = ("bridge.asgi:create_asgi_app()" if settings.worker_class == "uvicorn"
            else "bridge.app:create_app()")
     argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF, app]

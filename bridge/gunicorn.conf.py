@@ -66,3 +66,5 @@ def worker_exit(server, worker):
 def on_exit(server):
     if _settings.metrics_multiproc_dir:
         shutil.rmtree(_settings.metrics_multiproc_dir, ignore_errors=True)
+    if _settings.status_cache_dir:
+        shutil.rmtree(_settings.status_cache_dir, ignore_errors=True)

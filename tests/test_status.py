@@ -14,6 +14,12 @@ FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 STATUS_TOKEN = "status-token-0123456789"
 
 
+@pytest.fixture
+def client(app_factory):
+    """Snapshots computed per request: these tests change the fleet and look at once."""
+    return app_factory(status_max_age=0).test_client()
+
+
 def basic(password, user="anyone"):
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 

@@ -158,6 +158,25 @@ class SQLStore:
     def list(self):
         return self.snapshot().servers
 
+    def list_unsettled(self, now, silent_intervals, default_interval):
+        """(count of all servers, the Servers that may not be up at `now`), from one read.
+
+        Those are the retired, paused, away and never seen servers, and those silent for
+        more than `silent_intervals` of their interval less a second: a superset, scanned
+        in the database, that leaves out the settled majority of a large fleet.
+        """
+        interval = ("COALESCE(CASE WHEN registered_interval <> 0 THEN registered_interval END, "
+                    "CASE WHEN declared_interval <> 0 THEN declared_interval END, ?)")
+        with self._transaction(write=False) as cur:
+            (count,) = _one(cur, "SELECT COUNT(*) FROM servers")
+            cur.execute(_SERVER_SELECT + " WHERE retired_at IS NOT NULL OR paused <> 0 "
+                        "OR expected_back IS NOT NULL OR last_seen = 0 OR CASE WHEN "
+                        f"last_seen > ? - ? * {interval} + 1 THEN 0 ELSE 1 END = 1 "
+                        "ORDER BY server_id", (now, silent_intervals, default_interval))
+            rows = cur.fetchall()
+        labels_cache = {}
+        return count, [_server(r, labels_cache) for r in rows]
+
     def get(self, server_id):
         with self._transaction(write=False) as cur:
             row = _one(cur, _SERVER_SELECT + " WHERE server_id = ?", (server_id,))

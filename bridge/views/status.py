@@ -5,12 +5,17 @@ as `Authorization: Bearer <token>` or as the password of HTTP basic auth (any us
 name), which browsers can send. With protection on and neither token set, both
 answer 404 saying how to turn the page on.
 """
+import hashlib
 import hmac
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, current_app, render_template, request
 
 from bridge.auth import hash_token
-from bridge.status import DOWN_AFTER, LATE_AFTER, STATE_NAMES, fleet_status
+from bridge.status import (DOWN_AFTER, HAYSTACK, LATE_AFTER, STATE_NAMES, STATES, fleet_snapshot,
+                           problem_snapshot, row_json, strict_json, thresholds)
+from bridge.status_cache import SnapshotCache
+from bridge.status_query import parse_query, pages, select
+from bridge.validate import InvalidInputError
 from bridge.views import error, state
 
 bp = Blueprint("status", __name__)
@@ -76,18 +81,55 @@ def _token_matches(presented, tokens):
     return found
 
 
+@bp.errorhandler(InvalidInputError)
+def invalid_query(exc):
+    return error(exc.reason, exc.status, exc.message)
+
+
 @bp.get("/")
 def page():
     """The HTML shell; status.js fills it from /api/status and refreshes it."""
     return render_template("status.html", refresh_seconds=REFRESH_SECONDS,
                            late_after=LATE_AFTER, down_after=DOWN_AFTER,
-                           state_names=STATE_NAMES)
+                           state_names=STATE_NAMES, states=STATES)
 
 
 @bp.get("/api/status")
 def status_json():
-    """Counts per state, every server with its state, and the thresholds used."""
-    hb = state()
-    servers = hb.store.list()
-    now = hb.store.clock()  # after the read, so no beat read is newer than `now`
-    return jsonify(fleet_status(servers, now, hb.settings.default_interval))
+    """Counts per state and one page of the servers the query selects (see status_query).
+
+    Answers 304 to `If-None-Match` with the ETag of an answer whose counts, rows and
+    paging are unchanged; only the times relative to `generated_at` may have moved.
+    """
+    query = parse_query(request.args)
+    snapshot = _snapshots().get("fleet" if "up" in query.states else "problems")
+    matched, rows = select(snapshot.rows, query)
+    default_interval = state().settings.default_interval
+    params = {"state": list(query.states), "q": query.text, "sort": query.sort,
+              "order": query.order, "page": query.page, "per_page": query.per_page}
+    paging = {"matched": matched, "pages": pages(matched, query.per_page)}
+    validator = strict_json([default_interval, snapshot.counts, paging, params,
+                             [row[:HAYSTACK] for row in rows]])
+    etag = hashlib.blake2b(validator.encode(), digest_size=12).hexdigest()
+    if request.if_none_match.contains_weak(etag):
+        response = current_app.response_class(status=304)
+    else:
+        body = {"generated_at": snapshot.generated_at, "thresholds": thresholds(default_interval),
+                "counts": snapshot.counts, "query": params, **paging,
+                "servers": [row_json(row, snapshot.generated_at) for row in rows]}
+        response = current_app.response_class(strict_json(body), mimetype="application/json")
+    response.set_etag(etag, weak=True)
+    return response
+
+
+def _snapshots():
+    """This app's SnapshotCache, made on first use."""
+    extensions = current_app.extensions
+    cache = extensions.get("status_snapshots")
+    if cache is None:
+        hb = state()
+        builders = {"fleet": fleet_snapshot, "problems": problem_snapshot}
+        cache = extensions.setdefault("status_snapshots", SnapshotCache(
+            lambda kind: builders[kind](hb.store, hb.settings.default_interval), builders,
+            hb.settings.status_max_age, hb.settings.status_cache_dir, clock=hb.store.clock))
+    return cache
