@@ -171,3 +171,20 @@ def test_fleet_and_group_silences_fire_before_the_per_server_alerts_they_inhibit
                  for rule in alerts() if "for" in rule}
     for source in ("HeartbeatMassSilence", "HeartbeatGroupSilent"):
         assert durations[source] < durations["HeartbeatMissing"]
+
+
+def test_every_duration_is_measured_on_the_bridge_clock():
+    """Silence, promised returns and registration ages against heartbeat_bridge_time_seconds
+    of the same scrape and replica; Prometheus' clock only in the alert that compares the two."""
+    for rule in rules():
+        name = rule.get("alert") or rule.get("record")
+        expr = rule["expr"]
+        if name == "HeartbeatBridgeClockSkew":
+            assert "heartbeat_bridge_time_seconds - timestamp(heartbeat_bridge_time_seconds)" in expr
+            continue
+        assert not re.search(r"\btime\(\)|\btimestamp\(", expr), f"{name} reads Prometheus' clock"
+        if "heartbeat_bridge_time_seconds" in expr:
+            assert re.search(r"on \(job, instance\) group_(left|right)", expr), name
+    by_name = {rule.get("alert") or rule.get("record"): rule["expr"] for rule in rules()}
+    for name in ("heartbeat:silence_seconds:max", "heartbeat:away:min", "HeartbeatNeverSeen"):
+        assert "heartbeat_bridge_time_seconds" in by_name[name], name
