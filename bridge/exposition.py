@@ -8,6 +8,7 @@ tests/test_exposition.py proves the result byte-identical to prometheus_client's
 both formats. Content negotiation stays the library's (choose_encoder).
 """
 import gzip
+import logging
 import math
 import time
 
@@ -21,6 +22,8 @@ from bridge.collector import (AGENT_INFO, MAINTENANCE_INFO, PER_SERVER, SAMPLE_S
                               bridge_families, maintenance_labels)
 
 OPENMETRICS = OM_TYPE.split(";")[0]
+_EOF = b"# EOF\n"
+log = logging.getLogger("bridge")
 
 
 def escape_label_value(value):
@@ -105,16 +108,46 @@ def _server_label_strings(servers):
     return strings
 
 
+def render_isolated(sources, encoder):
+    """(text, success family) of the bridge's own instrumentation, one source at a time.
+
+    A source (a prometheus_client collector or registry) that raises while collected or
+    encoded is left out of this scrape, logged with its name and reported as
+        heartbeat_bridge_collector_success{collector="http_requests"} 0.0
+    so that instrumentation never takes the per-server series down with it. A gauge, not
+    a counter: the value describes this answer, which one worker wrote; a counter kept in
+    that worker would differ from its neighbours' (reading as resets), and one kept in
+    the multiprocess files would be lost with what failed.
+    """
+    success = Metric("heartbeat_bridge_collector_success",
+                     "1 when this scrape collected the named instrumentation, 0 when it "
+                     "failed and was left out.", "gauge")
+    parts = []
+    for name, source in sources.items():
+        try:
+            text = encoder(source)
+        except Exception as exc:  # any bug or damage below: this source only, this scrape
+            log.error("/metrics: collector %r failed and is left out of this scrape: %r",
+                      name, exc, exc_info=True)
+            ok = 0.0
+        else:
+            parts.append(text[:-len(_EOF)] if text.endswith(_EOF) else text)
+            ok = 1.0
+        success.add_sample(success.name, {"collector": name}, ok)
+    return b"".join(parts), success
+
+
 def render(store, environ, extra_registry, default_interval, max_servers):
     """(content type, headers, body) of one scrape from one store snapshot."""
     started = time.perf_counter()
     snapshot = store.snapshot()
     encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
     rest = list(bridge_families(snapshot, max_servers, started))
-    rest.extend(extra_registry.collect())
+    own, success = render_isolated({"http_requests": extra_registry}, encoder)
+    rest.append(success)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(rest))
-    body = (render_servers(snapshot, default_interval, encoder).encode()
+    body = (render_servers(snapshot, default_interval, encoder).encode() + own
             + encoder(registry))
     headers = [("Content-Type", content_type)]
     if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
