@@ -42,8 +42,24 @@ forwarded_allow_ips = ",".join(_settings.trusted_proxies)
 forwarder_headers = ""
 
 
+class _NoRequestDetails(logging.Filter):
+    """gunicorn quotes what a client sent in its warnings and debug lines about malformed or
+    cut-off requests (an `Authorization Bearer <token>` without its colon, for one): keep
+    only the kind of error."""
+
+    def filter(self, record):
+        if isinstance(record.msg, str) and record.msg.startswith("Invalid request from ip="):
+            record.msg, record.args = record.msg.split(": ", 1)[0] + ": (details not logged)", ()
+        elif isinstance(record.args, tuple) and any(isinstance(a, Exception)
+                                                    for a in record.args):
+            record.args = tuple(type(a).__name__ if isinstance(a, Exception) else a
+                                for a in record.args)
+        return True
+
+
 def post_fork(server, worker):
     """The bridge's own log lines go where gunicorn's error log goes, at the same level."""
+    worker.log.error_log.addFilter(_NoRequestDetails())
     logger = logging.getLogger("bridge")
     logger.handlers = list(worker.log.error_log.handlers)
     logger.setLevel(worker.log.error_log.level)

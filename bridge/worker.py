@@ -37,7 +37,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport):
         super().connection_made(transport)
-        self._phase, self._timer, self._header_bytes = "idle", None, 0
+        self._phase, self._timer, self._header_bytes, self._parsed_bytes = "idle", None, 0, 0
         self._enter("headers", self.header_timeout)
 
     def connection_lost(self, exc):
@@ -53,6 +53,26 @@ class TimedHttpProtocol(HttpToolsProtocol):
         if self._phase == "headers" and self._header_bytes > MAX_HEADER_BYTES:
             self._refuse(_TOO_LARGE)
 
+    def on_message_begin(self):
+        if self._phase == "idle":  # a pipelined request, in the same read as the last one
+            self._enter("headers", self.header_timeout)
+        self._parsed_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url):
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name, value):
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, size):
+        """Headers that arrived whole in one read: uvicorn answers 400 to what this raises."""
+        self._parsed_bytes += size
+        if self._parsed_bytes > MAX_HEADER_BYTES:
+            raise ValueError("request headers too large")
+
     def on_headers_complete(self):
         self._enter("body", self.body_timeout)
         super().on_headers_complete()
@@ -65,7 +85,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self._cancel()
         self._phase = phase
         if phase == "headers":
-            self._header_bytes = 0
+            self._header_bytes = self._parsed_bytes = 0
         if timeout is not None:
             self._timer = self.loop.call_later(timeout, self._expired)
 
