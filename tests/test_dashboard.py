@@ -1,5 +1,6 @@
 """The Grafana dashboard: its structure, and every query run by a real Prometheus on a real bridge."""
 import json
+import re
 import threading
 import time
 
@@ -7,6 +8,8 @@ import pytest
 import requests
 import yaml
 
+from bridge.collector import AGENT_INFO, MAINTENANCE_INFO, PER_SERVER, SAMPLE_SUFFIX, bridge_families
+from bridge.store import Snapshot
 from tests.tools import ROOT, Bridge, Process, free_port, require_binary, wait_http, wait_until
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "heartbeat.json"
@@ -37,9 +40,11 @@ def targets(board=None):
             yield panel, target
 
 
-def substitute(expr):
-    for name in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
-        expr = expr.replace(name, GRAFANA_VARIABLES[name])
+def substitute(expr, **selected):
+    """The query as Grafana sends it, with everything selected or the given `name=value`s."""
+    values = dict(GRAFANA_VARIABLES, **{f"${name}": value for name, value in selected.items()})
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace(name, values[name])
     assert "$" not in expr, f"unknown Grafana variable in {expr}"
     return expr
 
@@ -84,6 +89,69 @@ def test_server_and_team_variables_filter_every_per_server_query():
             if "ALERTS" not in target["expr"]:
                 assert 'team=~"$team"' in target["expr"], panel["title"]
             assert 'server_id=~"$server_id"' in target["expr"], panel["title"]
+
+
+# Series that carry server_id and the operator labels: the team and server selections apply.
+PER_SERVER_SERIES = ({name + SAMPLE_SUFFIX[typ] for name, typ, _, _ in PER_SERVER}
+                     | {AGENT_INFO[0] + "_info", MAINTENANCE_INFO[0] + "_info"})
+# Series that belong to no server (the bridge's own, and Prometheus' own of its scrape).
+BRIDGE_SERIES = ({sample.name for family in bridge_families(Snapshot([], {"any": 1}, 0.0), 1, 0.0)
+                  for sample in family.samples}
+                 | {"up", "scrape_duration_seconds", "heartbeat_bridge_http_requests_total",
+                    "heartbeat_bridge_http_request_duration_seconds_bucket"})
+WHOLE_BRIDGE = "Whole bridge: these series belong to no server"
+PROMQL_WORDS = {"sum", "max", "min", "count", "avg", "rate", "increase", "vector", "time", "abs",
+                "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
+                "or", "unless", "clamp_min", "changes", "label_values", "offset"}
+
+
+def selectors(expr):
+    """(metric name, label matchers text) of every series selector in a PromQL expression."""
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range durations
+    found = []
+    for match in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?\s*(\()?", expr):
+        name, matchers, call = match.groups()
+        if call or name in PROMQL_WORDS or name.startswith("$"):
+            continue
+        found.append((name, matchers or ""))
+    return found
+
+
+def test_every_panel_honours_every_variable():
+    """datasource in every panel and query; team and server_id in every selector of a series
+    that belongs to a server. Series of no server (the bridge's, fleet-wide alerts) appear
+    only where no selection can apply: panels that say so, or ALERTS without a server_id."""
+    board = dashboard()
+    team, server = 'team=~"$team"', 'server_id=~"$server_id"'
+    queries = [(panel, target["expr"]) for panel, target in targets(board)]
+    queries += [({"title": "annotation " + a["name"], "description": ""}, a["expr"])
+                for a in board["annotations"]["list"] if "expr" in a]
+    assert len(queries) > 20
+    for panel, expr in queries:
+        found = selectors(expr)
+        assert found, f"{panel['title']}: no series in {expr}"
+        whole_bridge = WHOLE_BRIDGE in panel.get("description", "")
+        for name, matchers in found:
+            where = f"{panel['title']}: {name}{matchers}"
+            if name in PER_SERVER_SERIES or name.startswith("heartbeat:"):
+                assert team in matchers and server in matchers, where
+                assert not whole_bridge, where
+            elif name == "ALERTS":
+                assert (team in matchers and server in matchers) or 'server_id=""' in matchers, where
+            else:
+                assert name in BRIDGE_SERIES, f"{where}: a series of unknown kind"
+                assert whole_bridge, f"{where}: not filtered, and the panel does not say why"
+    for panel in panels(board):
+        if panel["type"] != "row":
+            assert panel["datasource"] == DATASOURCE, panel["title"]
+            assert all(t["datasource"] == DATASOURCE for t in panel["targets"]), panel["title"]
+    # A variable's choices honour the variables before it.
+    variables = board["templating"]["list"]
+    for index, variable in enumerate(variables):
+        for earlier in variables[:index]:
+            if variable["type"] == "query" and earlier["type"] == "query":
+                assert f'{earlier["name"]}=~"${earlier["name"]}"' in variable["query"], variable["name"]
 
 
 def test_panel_ids_are_unique_and_the_grid_has_no_overlaps():
@@ -183,10 +251,12 @@ def beat(bridge, server_id):
     assert answer.status_code == 200, answer.text
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    """A real bridge with 7 servers (2 beating every second) and a real Prometheus on it."""
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """A real bridge with 7 servers (2 beating every second) and a real Prometheus on it,
+    shared by the live tests (they only read)."""
     require_binary("prometheus")
+    tmp_path = tmp_path_factory.mktemp("dashboard")
     bridge = Bridge(f"sqlite:///{tmp_path / 'hb.db'}", HEARTBEAT_TOKEN=FLEET_TOKEN,
                     HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN).start()
     stop = threading.Event()
@@ -267,3 +337,26 @@ def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
                       "away-1": 5, "old-1": 6}
     # Silence is measured at the scrape: a server beating every second reads under 2 s.
     assert -0.5 < prometheus.value('heartbeat:silence_seconds:max{server_id="web-1"}') < 2
+
+
+@pytest.mark.parametrize("selected, allowed", [
+    ({"team": "db"}, {"db-1", "away-1"}),
+    ({"server_id": "gone-1"}, {"gone-1"}),
+], ids=["team=db", "server_id=gone-1"])
+def test_a_selection_shows_only_the_selected_servers_in_every_panel(fleet, selected, allowed):
+    bridge, prometheus = fleet
+    wait_until(lambda: prometheus.query('ALERTS{alertname="HeartbeatMissing",server_id="gone-1"}'),
+               timeout=40, interval=0.5, what=f"gone-1's alert pending\n{prometheus.log()}")
+    board = dashboard()
+    queries = [(panel["title"], target["expr"]) for panel, target in targets(board)]
+    queries += [(a["name"], a["expr"]) for a in board["annotations"]["list"] if "expr" in a]
+    shown = set()
+    for title, expr in queries:
+        for row in prometheus.query(substitute(expr, **selected)):
+            if row["metric"].get("server_id"):
+                assert row["metric"]["server_id"] in allowed, f"{title} shows {row['metric']}"
+                shown.add(row["metric"]["server_id"])
+    assert shown  # the selection is not empty everywhere
+    alerts = prometheus.query(substitute(next(
+        t["expr"] for p, t in targets(board) if p["title"] == "Heartbeat alerts"), **selected))
+    assert bool(alerts) == ("server_id" in selected)  # gone-1 (team web) alerts; no db server does
