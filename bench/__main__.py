@@ -13,6 +13,7 @@ from bench.run import PEERS, Options, execute
 from bench.wrk import WRK
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BEFORE = "aa2681d"
 
 
 def _sizes(text):
@@ -32,6 +33,9 @@ def parse_args(argv):
                    help="tiny end-to-end check: 100 servers, 1 s runs, under a minute")
     p.add_argument("--bridge", default="HEAD",
                    help="git revision of bridge/ to measure, or 'worktree' (default HEAD)")
+    p.add_argument("--before", default=BEFORE,
+                   help=f"git revision the `bridge-before` peer runs (default {BEFORE}: gunicorn "
+                        "gthread, before the event-loop worker)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where results go (bench/results)")
     p.add_argument("--peers", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
                    default=PEERS, help=f"which peers (default all: {','.join(PEERS)})")
@@ -62,8 +66,12 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="heartbeat-bench-")
     try:
         source, description = bridge_source(args.bridge, workdir)
+        before, before_description = (bridge_source(args.before, workdir)
+                                      if "bridge-before" in opts.peers else (None, ""))
+        opts.before = before
         run = execute(opts, workdir, source, description,
-                      log=lambda m: print(m, file=sys.stderr, flush=True))
+                      log=lambda m: print(m, file=sys.stderr, flush=True),
+                      before_desc=before_description)
         args.out.mkdir(parents=True, exist_ok=True)
         stem = args.out / ("bench-" + time.strftime("%Y%m%d-%H%M", time.localtime(started)))
         text = report.markdown(run, started)

@@ -224,7 +224,8 @@ class FloorPeer(BridgePeer):
 
     def start(self):
         env = self._env()
-        env.update(HEARTBEAT_BIND=f"127.0.0.1:{self.port}")
+        # The threaded worker: a WSGI app, and the ceiling the bridge had before its loop.
+        env.update(HEARTBEAT_BIND=f"127.0.0.1:{self.port}", HEARTBEAT_WORKER_CLASS="gthread")
         conf = self.source / "bridge" / "gunicorn.conf.py"
         self._start([sys.executable, "-m", "gunicorn", "--config", str(conf),
                      "bench.floor_app:app"], env=env, cwd=self.source)

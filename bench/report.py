@@ -8,6 +8,7 @@ import time
 MB = 1 << 20
 PG_DEFAULT = "pushgateway"
 PG_FAST = "pushgateway-no-consistency-check"
+BEFORE = "bridge-before"
 
 
 def _rows(run, peer=None, n=None):
@@ -91,6 +92,17 @@ def targets(run):
               fixed.get("p99_ms"), lambda v: v < 50,
               "{:.1f} ms" + (f" at {fixed.get('achieved_rps', 0):,.0f}/s (new connection)"
                              if fixed else ""))
+        if peer == BEFORE:
+            continue
+        for n in sorted({mid, large}):  # issue 14: twice the beats per core of `before`
+            mine, old = _one(run, peer, n), _one(run, BEFORE, n)
+            for mode, label in (("close", "new connection"), ("keepalive", "kept alive")):
+                check(f"beats/s, {label} >= 2x before", n,
+                      _ratio(mine[mode]["rps"], old[mode]["rps"]) if mine and old else None,
+                      lambda v: v >= 2, "{:.2f}x")
+                check(f"CPU per beat, {label} <= 1/2 of before", n,
+                      _ratio(old[mode]["cpu_us_per_beat"], mine[mode]["cpu_us_per_beat"])
+                      if mine and old else None, lambda v: v >= 2, "{:.2f}x less")
     return out
 
 
@@ -123,8 +135,9 @@ def markdown(run, started_at):
     """The whole report: how it ran, the targets, then every measurement."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started_at))
     return "\n".join([f"# heartbeat-bridge vs Prometheus Pushgateway: {when}", ""]
-                     + _header(run) + _targets_section(run) + _beats_section(run)
-                     + _paced_section(run) + _scrape_section(run)
+                     + _header(run) + _targets_section(run) + _before_section(run)
+                     + _beats_section(run) + _paced_section(run) + _scraped_section(run)
+                     + _scrape_section(run)
                      + _profile_lines(run.profile,
                                       _one(run, "bridge-sqlite", run.profile.get("servers")))
                      ) + "\n"
@@ -136,6 +149,8 @@ def _header(run):
         f"- bridge: {run.bridge_source}; default settings but a fleet token and "
         "`HEARTBEAT_RATE_LIMIT_BURST=0` (bench/README.md); SQLite: a WAL file in a temp dir; "
         "PostgreSQL: a fresh schema in the local `test` database",
+        *([f"- before: {run.before_source} (the `bridge-before` rows), same settings"]
+          if getattr(run, "before_source", "") else []),
         f"- peer: {_pushgateway_version()}, default settings; and with "
         "`--push.disable-consistency-check`",
         f"- load: wrk -t{opts.threads} -c{opts.connections}, {opts.duration:g} s per run, beats "
@@ -179,6 +194,55 @@ def _beats_section(run):
         "during the run over the beats accepted (steadier than beats/s on a shared machine); "
         "for bridge-postgres it leaves out PostgreSQL's own CPU.",
         ""]
+
+
+def _before_section(run):
+    """bridge-sqlite against bridge-before, size by size: the change this run measures."""
+    rows = []
+    for n in sorted({r["servers"] for r in _rows(run, BEFORE)}):
+        old, new, fast = _one(run, BEFORE, n), _one(run, "bridge-sqlite", n), _one(run, PG_FAST, n)
+        if not (old and new):
+            continue
+        cells = [f"{n:,}"]
+        for mode in ("close", "keepalive"):
+            cells += [f"{old[mode]['rps']:,.0f} -> {new[mode]['rps']:,.0f}",
+                      _x(new[mode]["rps"], old[mode]["rps"]),
+                      f"{_fmt(old[mode]['cpu_us_per_beat'], ',.0f')} -> "
+                      f"{_fmt(new[mode]['cpu_us_per_beat'], ',.0f')}"]
+        cells.append(f"{old['fixed_rate']['p99_ms']:.1f} -> {new['fixed_rate']['p99_ms']:.1f}")
+        cells.append(f"{_pair(old['close'], old['keepalive'], fast)} -> "
+                     f"{_pair(new['close'], new['keepalive'], fast)}")
+        rows.append(cells)
+    if not rows:
+        return []
+    header = ("servers", "new conn beats/s", "ratio", "CPU us/beat", "kept-alive beats/s",
+              "ratio", "CPU us/beat", "p99 ms at 80% of max", "vs PGW no-check (new / kept)")
+    return ["## Before and after (bridge-before -> bridge-sqlite)", ""] + _table(
+        header, rows, ("---:",) * 9) + [
+        "", "Same run, same machine, same wrk load; before -> after. p99 at 80%: each "
+        "bridge paced at 80% of its own new-connection maximum.", ""]
+
+
+def _scraped_section(run):
+    rows = []
+    for row in _rows(run):
+        sc = row.get("scraped")
+        if not sc:
+            continue
+        rows.append((row["peer"], f"{row['servers']:,}", f"{sc['rps']:,.0f}",
+                     f"{row['fixed_rate']['p99_ms']:.1f}", f"{sc['p50_ms']:.1f}",
+                     f"{sc['p99_ms']:.1f}", f"{sc['max_ms']:.1f}",
+                     sc["non_2xx"] + sc["socket_errors"], sc["scrapes"],
+                     _fmt(sc["scrape_median_s"], ".2f"), _fmt(sc["scrape_max_s"], ".2f")))
+    if not rows:
+        return []
+    header = ("peer", "servers", "beats/s", "p99 ms unscraped", "p50 ms", "p99 ms", "max ms",
+              "errors", "scrapes", "scrape median s", "scrape max s")
+    return ["## Beats while /metrics is scraped every second", ""] + _table(
+        header, rows, ("---",) + ("---:",) * 10) + [
+        "", "The paced run of the section above (new connection per beat, same pacing "
+        "delay) again, while a client GETs /metrics (gzip) once a second, or back to back "
+        "when a scrape takes longer.", ""]
 
 
 def _paced_section(run):

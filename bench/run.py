@@ -1,14 +1,16 @@
 """One benchmark run: every peer at every fleet size, then a profile of the bridge."""
 import os
+import statistics
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 
 from bench import profile, scrape, wrk
 from bench.peers import BridgePeer, FloorPeer, PushgatewayPeer, cpu_seconds, rss_bytes
 
-PEERS = ("bridge-sqlite", "bridge-postgres", "pushgateway", "pushgateway-no-consistency-check",
-         "gunicorn-floor")
+PEERS = ("bridge-sqlite", "bridge-before", "bridge-postgres", "pushgateway",
+         "pushgateway-no-consistency-check", "gunicorn-floor")
 
 
 @dataclass
@@ -24,12 +26,15 @@ class Options:
     rate_fraction: float = 0.8
     paced_attempts: int = 2  # the first run, then one calibrated to the latency it saw
     peers: tuple = PEERS
+    before: str = ""  # the source `bridge-before` runs (an older revision, exported)
+    scraped_from: int = 100000  # paced beats while /metrics is scraped every second, from N
 
 
 @dataclass
 class Run:
     options: Options
     bridge_source: str
+    before_source: str = ""
     rows: list = field(default_factory=list)
     profile: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -38,9 +43,13 @@ class Run:
     elapsed: float = 0.0
 
 
-def make_peer(name, workdir, source):
+def make_peer(name, workdir, source, before=None):
     if name == "gunicorn-floor":
         return FloorPeer(workdir, source)
+    if name == "bridge-before":
+        peer = BridgePeer(workdir, "sqlite", before)
+        peer.name = "bridge-before"
+        return peer
     if name.startswith("bridge-"):
         return BridgePeer(workdir, name[len("bridge-"):], source)
     return PushgatewayPeer(workdir, consistency_check=(name == "pushgateway"))
@@ -58,6 +67,10 @@ def measure_peer(peer, n, opts, log):
         log(f"  {peer.name} n={n} {mode}: {row[mode]['rps']:.0f}/s "
             f"p99 {row[mode]['p99_ms']:.1f} ms, non-2xx {row[mode]['non_2xx']}")
     row["fixed_rate"] = paced(peer, n, opts, row["close"]["rps"])
+    if peer.scrapes and n >= min(opts.scraped_from, max(opts.sizes)):
+        row["scraped"] = paced_while_scraped(peer, n, opts, row["fixed_rate"]["delay_ms"])
+        log(f"  {peer.name} n={n} paced while scraped every second: p99 "
+            f"{row['scraped']['p99_ms']:.1f} ms, scrapes {row['scraped']['scrapes']}")
     row["settle_s"] = settle(peer.pids())
     row["rss_after_beats"] = [rss_bytes(p) for p in peer.pids()]
     if peer.scrapes:
@@ -120,6 +133,33 @@ def paced(peer, n, opts, max_rps):
     return dict(result, target_rps=target, achieved_rps=result["rps"], delay_ms=delay)
 
 
+def paced_while_scraped(peer, n, opts, delay_ms, every=1.0):
+    """The paced run again (same pacing delay) while a scraper GETs /metrics every second."""
+    stop, took = threading.Event(), []
+
+    def scraper():
+        while not stop.is_set() and len(took) < 1000:
+            started = time.monotonic()
+            try:
+                took.append(scrape.scrape_once(peer.url, gzip=True)[0])
+            except Exception:  # counted as a missing scrape
+                pass
+            stop.wait(max(0.0, every - (time.monotonic() - started)))
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
+    try:
+        result = wrk.run_wrk(peer.url, peer.script, opts.duration,
+                             env=dict(peer.wrk_env(n, True), DELAY_MS=delay_ms),
+                             connections=opts.connections, threads=opts.threads)
+    finally:
+        stop.set()
+        thread.join(150)
+    return dict(result, delay_ms=delay_ms, scrapes=len(took),
+                scrape_median_s=statistics.median(took) if took else None,
+                scrape_max_s=max(took) if took else None)
+
+
 def profile_bridge(workdir, source, n, opts, log):
     """Two py-spy recordings of a bridge under wrk (new connection per beat): wall and CPU."""
     peer = make_peer("bridge-sqlite", workdir, source)
@@ -145,9 +185,9 @@ def profile_bridge(workdir, source, n, opts, log):
     return out
 
 
-def execute(opts, workdir, source, source_desc, log=print):
+def execute(opts, workdir, source, source_desc, log=print, before_desc=""):
     """Run everything within opts.time_limit seconds; failures become rows, not crashes."""
-    run = Run(opts, source_desc, load_before=os.getloadavg())
+    run = Run(opts, source_desc, before_source=before_desc, load_before=os.getloadavg())
     deadline = time.monotonic() + opts.time_limit
     postgres_missing = BridgePeer.unavailable("postgres", source)
     for n in opts.sizes:
@@ -159,7 +199,7 @@ def execute(opts, workdir, source, source_desc, log=print):
                 run.rows.append({"peer": name, "servers": n, "skipped": "time limit reached"})
                 continue
             log(f"{name}, {n} servers")
-            peer = make_peer(name, workdir, source)
+            peer = make_peer(name, workdir, source, opts.before)
             try:
                 run.rows.append(measure_peer(peer, n, opts, log))
             except (RuntimeError, AssertionError, OSError, ValueError, KeyError,
