@@ -9,9 +9,9 @@ PORT   ?= 8000
 DEB_TOOLS := prometheus:prometheus promtool:prometheus \
              prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
              prometheus-pushgateway:prometheus-pushgateway wrk:wrk chromium:chromium \
-             openssl:openssl haproxy:haproxy
+             openssl:openssl haproxy:haproxy kubectl:kubectl
 
-.PHONY: run test install install-test install-bench deb-deps postgres bench lint clean
+.PHONY: run test install install-test install-bench deb-deps postgres bench lint clean kubernetes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ test: install-test deb-deps postgres
 
 bench: install-bench deb-deps postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## make kubernetes: regenerate deploy/kubernetes's PrometheusRule and dashboard ConfigMap from
+## prometheus/rules.yml and grafana/dashboards/heartbeat.json (run after changing either).
+kubernetes:
+	$(PYTHON) deploy/kubernetes/generate.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache
