@@ -109,19 +109,43 @@ def rows(page):
         "trs => trs.map(tr => [tr.dataset.serverId, tr.querySelector('.badge').textContent])")
 
 
+def shown_ids(page, expected, timeout=8):
+    """Wait until the rows are `expected` (ids in order); the bridge answers asynchronously."""
+    wait_until(lambda: [s for s, _ in rows(page)] == expected, timeout=timeout,
+               interval=0.05, what=f"rows {expected}, showing {rows(page)}")
+
+
 def counts(page):
     return {state: page.text_content(f"#count-{state}") for state in STATES}
 
 
-def test_every_state_is_counted_and_shown_and_a_beat_turns_a_row_up_without_reload(
-        live_bridge, open_page):
-    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+def start(live_bridge, **settings):
+    """A bridge with a public page whose snapshots are at most 1 s old."""
+    return live_bridge(HEARTBEAT_STATUS_PUBLIC="true", HEARTBEAT_STATUS_MAX_AGE="1", **settings)
+
+
+PROBLEMS_FIRST = ["db-down", "web-late", "db-new", "ops-away", "ops-paused"]
+
+
+def test_the_page_opens_on_servers_not_up_worst_first_with_exact_counts(live_bridge, open_page):
+    bridge = start(live_bridge)
     seed_fleet(bridge)
     page = open_page(bridge)
     expect(page.locator("#count-down")).to_have_text("1")
     assert counts(page) == dict.fromkeys(STATES, "1")
-    assert rows(page) == [[k, SETTLED[k]] for k in ("db-down", "web-late", "db-new", "ops-away",
-                                                    "ops-paused", "web-up", "old-retired")]
+    expect(page.locator("#count-total")).to_have_text("7")
+    assert rows(page) == [[k, SETTLED[k]] for k in PROBLEMS_FIRST]
+    expect(page.locator("button[data-view=problems]")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator('tr[data-server-id="ops-paused"]')).to_contain_text("kernel upgrade")
+    expect(page.locator('tr[data-server-id="ops-paused"]')).to_contain_text(" UTC")
+    expect(page.locator('tr[data-server-id="db-new"]')).to_contain_text("never")
+    expect(page.locator('tr[data-server-id="ops-away"]')).to_contain_text("back by")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status.png"), full_page=True)
+
+    page.click("button[data-view=all]")  # the whole fleet is one click away
+    shown_ids(page, PROBLEMS_FIRST + ["web-up", "old-retired"])
+    assert "state=all" in page.url
     up_row = page.locator('tr[data-server-id="web-up"]')
     expect(up_row).to_contain_text("web-up.example.net")
     expect(up_row).to_contain_text("agent 1.4.2")
@@ -131,26 +155,55 @@ def test_every_state_is_counted_and_shown_and_a_beat_turns_a_row_up_without_relo
     assert last_seen.inner_text().endswith(" s ago")
     assert last_seen.get_attribute("datetime").endswith("Z")
     assert last_seen.get_attribute("title").endswith("Z (UTC)")
-    expect(page.locator('tr[data-server-id="ops-paused"]')).to_contain_text("kernel upgrade")
-    expect(page.locator('tr[data-server-id="ops-paused"]')).to_contain_text(" UTC")
-    expect(page.locator('tr[data-server-id="db-new"]')).to_contain_text("never")
-    expect(page.locator('tr[data-server-id="ops-away"]')).to_contain_text("back by")
     expect(page.locator('tr[data-server-id="old-retired"]')).to_contain_text("since")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "status.png"), full_page=True)
 
+    page.click("button[data-state=retired]")  # a count tile lists its state
+    shown_ids(page, ["old-retired"])
+    assert "state=retired" in page.url
+
+
+def test_a_server_that_changes_state_moves_between_views_on_the_next_refresh(
+        live_bridge, open_page):
+    bridge = start(live_bridge)
+    seed_fleet(bridge)
+    answer = admin(bridge, "POST", "/api/servers", server_id="new-own", token=True)
+    page = open_page(bridge)
+    shown_ids(page, PROBLEMS_FIRST[:3] + ["new-own"] + PROBLEMS_FIRST[3:])
     page.evaluate("window.loadedOnce = 'still here'")
-    assert bridge.beat("db-down", token=FLEET_TOKEN, json={"interval": 60}).status_code == 200
-    expect(page.locator('tr[data-server-id="db-down"] .badge')).to_have_text("Up",
-                                                                             timeout=12000)
+    admin(bridge, "POST", "/api/servers/db-down/retire")
+    assert bridge.beat("new-own", token=answer["token"], json={"interval": 3600}
+                       ).status_code == 200
+    # The next refresh (every 5 s) brings the new snapshot (at most 1 s old).
+    shown_ids(page, PROBLEMS_FIRST[1:3] + PROBLEMS_FIRST[3:], timeout=12)
     assert page.evaluate("window.loadedOnce") == "still here"  # no reload, no navigation
+    expect(page.locator("#count-retired")).to_have_text("2")
     expect(page.locator("#count-up")).to_have_text("2")
+    expect(page.locator("#count-never_seen")).to_have_text("1")  # db-new; new-own is up
+    page.click("button[data-view=all]")
+    expect(page.locator('tr[data-server-id="new-own"] .badge')).to_have_text("Up")
+    expect(page.locator('tr[data-server-id="db-down"] .badge')).to_have_text("Retired")
+
+
+def test_an_unchanged_refresh_is_answered_304_and_keeps_every_row(live_bridge, open_page):
+    bridge = start(live_bridge)
+    seed_fleet(bridge, transient=False)
+    page = open_page(bridge)
+    shown_ids(page, ["db-new", "ops-away", "ops-paused"])
+    # Rows drawn before are kept as they are (only their "ago" text moves).
+    page.eval_on_selector_all("#servers tbody tr", "trs => trs.forEach(tr => tr.kept = true)")
+    with page.expect_response(lambda r: "/api/status" in r.url, timeout=15000) as refreshed:
+        pass
+    assert refreshed.value.status == 304
+    assert refreshed.value.request.headers["if-none-match"].startswith('W/"')
+    assert page.eval_on_selector_all("#servers tbody tr", "trs => trs.map(tr => tr.kept)") == [
+        True, True, True]
+    expect(page.locator("#updated")).to_contain_text("unchanged")
 
 
 def test_the_filter_matches_labels_exactly_and_text_anywhere(live_bridge, open_page):
-    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    bridge = start(live_bridge)
     seed_fleet(bridge, transient=False)
-    page = open_page(bridge)
+    page = open_page(bridge, path="/?state=all")
     expect(page.locator("#servers tbody tr")).to_have_count(5)
     cases = {"team=web": ["web-up"], "team=db": ["db-new"], "TEAM=DB": ["db-new"],
              "team=we": [], "kernel": ["ops-paused"], "paused": ["ops-paused"],
@@ -159,49 +212,84 @@ def test_the_filter_matches_labels_exactly_and_text_anywhere(live_bridge, open_p
              "": ["db-new", "ops-away", "ops-paused", "web-up", "old-retired"]}
     for text, expected in cases.items():
         page.fill("#filter", text)
-        assert [server for server, _ in rows(page)] == expected, text
+        shown_ids(page, expected)
     page.fill("#filter", "team=db")
-    expect(page.locator("#shown")).to_have_text("1 of 5 shown")
+    expect(page.locator("#shown")).to_have_text("1-1 of 1")
+    assert "q=team%3Ddb" in page.url
     page.fill("#filter", "zzz")
     expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#empty")).to_have_text("No server matches.")
+
+
+def test_paging_sorting_and_filtering_survive_in_a_shared_url(live_bridge, open_page):
+    bridge = start(live_bridge)
+    for i in range(130):  # never seen: all in the opening view, 100 to a page
+        admin(bridge, "POST", "/api/servers", server_id=f"node-{i:03d}",
+              labels={"rack": f"r{i % 3}"})
+    page = open_page(bridge)
+    expect(page.locator("#servers tbody tr")).to_have_count(100)
+    expect(page.locator("#page-info")).to_have_text("Page 1 of 2")
+    expect(page.locator("#prev")).to_be_disabled()
+    page.click("#next")
+    shown_ids(page, [f"node-{i:03d}" for i in range(100, 130)])
+    assert "page=2" in page.url
+    expect(page.locator("#shown")).to_have_text("101-130 of 130")
+
+    page.click("button[data-sort=server_id]")  # sorting starts again at page 1
+    page.click("button[data-sort=server_id]")  # again: descending
+    shown_ids(page, [f"node-{i:03d}" for i in range(129, 29, -1)])
+    page.fill("#filter", "rack=r1")
+    expected = [f"node-{i:03d}" for i in range(129, -1, -1) if i % 3 == 1]
+    shown_ids(page, expected)
+    assert "page=" not in page.url and "order=desc" in page.url
+
+    shared = open_page(bridge, path=page.url[len(bridge.url):])
+    shown_ids(shared, expected)
+    assert shared.input_value("#filter") == "rack=r1"
+    expect(shared.locator("th:has(button[data-sort=server_id])")).to_have_attribute(
+        "aria-sort", "descending")
+    expect(shared.locator("#shown")).to_have_text(f"1-{len(expected)} of {len(expected)}")
 
 
 def test_filter_and_sort_buttons_are_reachable_and_usable_with_the_keyboard(
         live_bridge, open_page):
-    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    bridge = start(live_bridge)
     seed_fleet(bridge, transient=False)
-    page = open_page(bridge)
+    page = open_page(bridge, path="/?state=all")
     expect(page.locator("#servers tbody tr")).to_have_count(5)
-    reached = []
-    for _ in range(4):
+    page.keyboard.press("Tab")
+    reached = [page.evaluate("document.activeElement.dataset.state")]
+    page.focus("#filter")
+    for _ in range(3):
         page.keyboard.press("Tab")
-        reached.append(page.evaluate(
-            "document.activeElement.id || document.activeElement.dataset.sort"))
-    assert reached == ["filter", "server_id", "state", "last_seen"]
+        reached.append(page.evaluate("document.activeElement.dataset.sort"))
+    assert reached == ["up", "server_id", "state", "last_seen"]
 
     page.keyboard.press("Shift+Tab")
     page.keyboard.press("Shift+Tab")  # back on the Server button
     page.keyboard.press("Enter")
     by_id = ["db-new", "old-retired", "ops-away", "ops-paused", "web-up"]
-    assert [s for s, _ in rows(page)] == by_id
+    shown_ids(page, by_id)
     expect(page.locator("th:has(button[data-sort=server_id])")).to_have_attribute(
         "aria-sort", "ascending")
     page.keyboard.press("Space")
-    assert [s for s, _ in rows(page)] == by_id[::-1]
+    shown_ids(page, by_id[::-1])
     expect(page.locator("th:has(button[data-sort=server_id])")).to_have_attribute(
         "aria-sort", "descending")
     page.focus("button[data-sort=last_seen]")
     page.keyboard.press("Enter")  # most recently seen first, never seen last
-    assert [s for s, _ in rows(page)][-1] == "db-new"
+    wait_until(lambda: [s for s, _ in rows(page)][-1:] == ["db-new"], timeout=8,
+               what="never seen last")
     expect(page.locator("th:has(button[data-sort=state])")).to_have_attribute(
         "aria-sort", "none")
 
 
 def test_a_phone_width_screen_has_no_horizontal_overflow(live_bridge, open_page):
-    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    bridge = start(live_bridge)
     seed_fleet(bridge, transient=False)
     # Dark, to get a look at the other palette in the screenshot too.
-    page = open_page(bridge, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page = open_page(bridge, path="/?state=all", viewport={"width": 390, "height": 844},
+                     color_scheme="dark")
     expect(page.locator("#servers tbody tr")).to_have_count(5)
     widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], widths
@@ -230,7 +318,7 @@ def test_a_protected_page_works_with_basic_auth_and_refuses_without(live_bridge,
 
 
 def test_server_data_is_shown_as_text_never_as_markup(live_bridge, open_page):
-    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
+    bridge = start(live_bridge)
     admin(bridge, "POST", "/api/servers", server_id="odd-1",
           labels={"note": '<img src="/x" onerror="window.pwned=1"><b>bold</b>'})
     page = open_page(bridge)
