@@ -22,6 +22,7 @@ entry before it moves the header's "used" mark over it. What a defensive reader 
 avoid, a damaged or foreign file, costs that file's counts only.
 """
 import glob
+import json
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ import time
 from flask import g, request
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 log = logging.getLogger("bridge")
@@ -47,9 +49,9 @@ class WorkerFiles:
         self._reported = set()  # (file name, error) this process has logged already
 
     def collect(self):
-        readable, skipped = [], 0
+        readable, skipped, keys = [], 0, set()
         for path in sorted(glob.glob(os.path.join(self.path, "*.db"))):
-            state = _check(path)
+            state = _check(path, keys)
             if state == _OK:
                 readable.append(path)
             elif state not in (_EMPTY, _GONE):
@@ -71,20 +73,40 @@ class WorkerFiles:
 
 
 _OK, _EMPTY, _GONE = "ok", "empty", "gone"
+_TYPES = {"counter", "gauge", "histogram", "summary"}
 
 
-def _check(path):
+def _check(path, keys):
     """_OK, _EMPTY (created, not yet sized), _GONE (removed since the listing: shutdown),
-    or what is wrong with the file: it is parsed alone, exactly as the merge parses it."""
+    or what is wrong with the file, checked as MultiProcessCollector.merge will read it.
+
+    `keys` holds the entry keys checked already in this scrape (workers share most keys,
+    and decoding them is what costs)."""
+    name = os.path.basename(path)
+    parts = name[:-len(".db")].split("_")
+    if parts[0] not in _TYPES or len(parts) < (3 if parts[0] == "gauge" else 2):
+        return "not a metrics file name"
     try:
         if os.stat(path).st_size == 0:
             return _EMPTY
-        MultiProcessCollector.merge([path], accumulate=True)
+        for key, _value, _timestamp, _pos in MmapedDict.read_all_values_from_file(path):
+            if key not in keys:
+                _check_key(key)
+                keys.add(key)
     except FileNotFoundError:
         return _GONE
     except Exception as exc:  # damage shows up as struct, JSON, type or value errors
         return f"{type(exc).__name__}: {exc}"
     return _OK
+
+
+def _check_key(key):
+    """Raise unless `key` is an entry key as prometheus_client writes and merges them."""
+    metric, name, labels, help_text = json.loads(key)
+    if not all(isinstance(v, str) for v in (metric, name, help_text, *labels.values())):
+        raise ValueError(f"an entry key is not a metric: {key[:100]!r}")
+    if "le" in labels:
+        float(labels["le"])
 
 
 def init_app(app, registry, multiproc_dir=None):

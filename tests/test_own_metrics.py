@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.http_metrics import WorkerFiles
 from tests.conftest import FLEET_TOKEN
 from tests.test_live_bridge import per_server, total
 from tests.tools import Bridge, Process
@@ -148,3 +151,35 @@ def test_a_failing_instrumentation_collector_is_left_out_of_the_scrape(app, clie
     assert samples[("heartbeat_bridge_collector_success", (("collector", "http_requests"),))] == 0
     assert text.count("# EOF") == (1 if accept else 0)
     assert "instrumentation bug 1234" in caplog.text and "http_requests" in caplog.text
+
+
+def _write(path, entries):
+    """A multiprocess file as a worker writes it: {key: value}."""
+    values = MmapedDict(str(path))
+    for key, value in entries.items():
+        values.write_value(key, value, 0.0)
+    values.close()
+
+
+def test_only_damaged_files_are_left_out_of_the_sum(tmp_path, caplog):
+    key = mmap_key("heartbeat_bridge_http_requests", "heartbeat_bridge_http_requests_total",
+                   ["handler", "code"], ["beat", "200"], "HTTP requests answered.")
+    _write(tmp_path / "counter_101.db", {key: 3.0})
+    _write(tmp_path / "counter_102.db", {key: 4.0})
+    whole = (tmp_path / "counter_102.db").read_bytes()
+    (tmp_path / "counter_102.db").write_bytes(whole[:20])  # claims more than it holds
+    (tmp_path / "counter_103.db").write_bytes(b"")  # created, not yet sized
+    _write(tmp_path / "counter_104.db", {"not json": 5.0})
+    _write(tmp_path / "histogram_105.db", {mmap_key(
+        "d", "d_bucket", ["handler", "le"], ["beat", "soon"], "x"): 1.0})
+    _write(tmp_path / "notes.db", {key: 6.0})
+    for damaged in ("counter_102.db", "counter_104.db", "histogram_105.db"):
+        with pytest.raises(Exception):  # what prometheus_client's own reader does
+            list(MultiProcessCollector(None, path=str(tmp_path)).merge(
+                [str(tmp_path / damaged)]))
+    samples = {s.name: s.value for family in WorkerFiles(str(tmp_path)).collect()
+               for s in family.samples}
+    assert samples == {"heartbeat_bridge_http_requests_total": 3.0,
+                       "heartbeat_bridge_metrics_files_skipped": 4.0}
+    for name in ("counter_102.db", "counter_104.db", "histogram_105.db", "notes.db"):
+        assert name in caplog.text
