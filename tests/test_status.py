@@ -218,3 +218,137 @@ def test_thresholds_are_the_shipped_rules_multipliers(kind, name, constant):
     found = re.findall(r">\s*(?:bool\s+)?([\d.]+)\s*\*[^>]*?heartbeat_interval_seconds",
                        rule["expr"])
     assert [float(n) for n in found] == [constant], rule["expr"]
+
+
+# -- views: filter, sort, pages, validators (issue 17) -------------------------------------
+def seed(client, clock):
+    """web-1..3 up (team web), db-1 late, db-2 down, new-1 never seen, old-1 retired."""
+    for server_id in ("db-2", "db-1", "web-1", "web-2", "web-3", "old-1"):
+        team = server_id.split("-")[0]
+        client.post("/api/servers", headers=ADMIN, json={"server_id": server_id,
+                                                        "labels": {"team": team}})
+        client.post(f"/api/heartbeat/{server_id}", headers=FLEET,
+                    json={"interval": 10, "hostname": f"{server_id}.example"})
+        clock.advance(10 if server_id == "db-2" else 5)
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1"})
+    client.post("/api/servers/old-1/retire", headers=ADMIN)
+    clock.advance(2)  # db-2 silent 37 s: down; db-1 27 s: late; web-* beat again now
+    for server_id in ("web-1", "web-2", "web-3"):
+        client.post(f"/api/heartbeat/{server_id}", headers=FLEET, json={"interval": 10})
+
+
+def ids(client, query, headers=ADMIN):
+    response = client.get("/api/status" + query, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return [s["server_id"] for s in response.get_json()["servers"]]
+
+
+@pytest.mark.parametrize("query,expected", [
+    ("", ["db-2", "db-1", "new-1", "web-1", "web-2", "web-3", "old-1"]),
+    ("?state=problems", ["db-2", "db-1", "new-1"]),
+    ("?state=up,retired", ["web-1", "web-2", "web-3", "old-1"]),
+    ("?state=down,late&sort=server_id", ["db-1", "db-2"]),
+    ("?q=team=web", ["web-1", "web-2", "web-3"]),
+    ("?q=TEAM%3DDB+late", ["db-1"]),
+    ("?q=example+2", ["db-2", "web-2"]),
+    ("?q=never", ["new-1"]),
+    ("?q=team=we", []),
+    ("?sort=server_id&order=desc", ["web-3", "web-2", "web-1", "old-1", "new-1", "db-2", "db-1"]),
+    ("?sort=state&order=desc", ["old-1", "web-1", "web-2", "web-3", "new-1", "db-1", "db-2"]),
+    ("?sort=last_seen", ["web-1", "web-2", "web-3", "old-1", "db-1", "db-2", "new-1"]),
+    ("?sort=last_seen&order=desc", ["new-1", "db-2", "db-1", "old-1", "web-1", "web-2", "web-3"]),
+    ("?per_page=3", ["db-2", "db-1", "new-1"]),
+    ("?per_page=3&page=3", ["old-1"]),
+    ("?per_page=3&page=4", []),
+])
+def test_the_bridge_filters_sorts_and_pages(client, clock, query, expected):
+    seed(client, clock)
+    assert ids(client, query) == expected
+
+
+def test_an_answer_says_what_it_shows_and_counts_every_state(client, clock):
+    seed(client, clock)
+    body = client.get("/api/status?state=problems&q=db&per_page=1&page=2",
+                      headers=ADMIN).get_json()
+    assert body["counts"] == {"up": 3, "late": 1, "down": 1, "never_seen": 1, "paused": 0,
+                              "away": 0, "retired": 1, "total": 7}
+    assert body["query"] == {"state": ["down", "late", "never_seen", "away", "paused"],
+                             "q": "db", "sort": "state", "order": "asc", "page": 2,
+                             "per_page": 1}
+    assert (body["matched"], body["pages"]) == (2, 2)
+    assert [s["server_id"] for s in body["servers"]] == ["db-1"]
+
+
+@pytest.mark.parametrize("query,fragment", [
+    ("?state=sleepy", "state:"), ("?state=", None), ("?state=up,,down", None),
+    ("?sort=cpu", "sort:"), ("?order=up", "order:"), ("?page=0", "page:"),
+    ("?page=-1", "page:"), ("?page=1.5", "page:"), ("?per_page=1001", "per_page:"),
+    ("?per_page=%D9%A3", "per_page:"), ("?q=" + "x" * 257, "q:"), ("?limit=5", "limit"),
+])
+def test_a_bad_query_gets_400_naming_the_parameter(client, query, fragment):
+    response = client.get("/api/status" + query, headers=ADMIN)
+    if fragment is None:  # an empty state means the default; empty items are skipped
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_query"
+    assert fragment in response.get_json()["message"]
+
+
+def test_an_unchanged_view_answers_304_and_a_changed_one_200(client, clock):
+    seed(client, clock)
+    first = client.get("/api/status?state=problems", headers=ADMIN)
+    etag = first.headers["ETag"]
+    assert etag.startswith('W/"')
+    clock.advance(1)  # time passes, nothing in the view changes state
+    again = client.get("/api/status?state=problems", headers={**ADMIN, "If-None-Match": etag})
+    assert (again.status_code, again.get_data(), again.headers["ETag"]) == (304, b"", etag)
+    assert again.headers["Cache-Control"] == "no-store"
+    other_view = client.get("/api/status?state=problems&sort=server_id",
+                            headers={**ADMIN, "If-None-Match": etag})
+    assert other_view.status_code == 200
+    client.post("/api/heartbeat/db-1", headers=FLEET, json={"interval": 10})  # late -> up
+    changed = client.get("/api/status?state=problems", headers={**ADMIN, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert [s["server_id"] for s in changed.get_json()["servers"]] == ["db-2", "new-1"]
+    # Up servers beating change the "up" rows, not the opening view.
+    etag = changed.headers["ETag"]
+    client.post("/api/heartbeat/web-2", headers=FLEET, json={"interval": 10})
+    assert client.get("/api/status?state=problems",
+                      headers={**ADMIN, "If-None-Match": etag}).status_code == 304
+
+
+def test_a_snapshot_serves_every_request_until_it_is_max_age_old(app_factory, clock):
+    client = app_factory(status_max_age=5).test_client()
+    client.post("/api/heartbeat/web-1", headers=FLEET, json={"interval": 10})
+    assert ids(client, "") == ["web-1"]
+    client.post("/api/heartbeat/web-2", headers=FLEET, json={"interval": 10})
+    clock.advance(4.9)
+    assert ids(client, "") == ["web-1"]  # the snapshot taken 4.9 s ago
+    clock.advance(0.1)
+    assert ids(client, "") == ["web-1", "web-2"]
+
+
+def test_workers_share_one_snapshot_per_max_age(tmp_path, clock):
+    """Two caches on one directory stand for two gunicorn workers (separate memories)."""
+    from bridge.status import FleetSnapshot
+    from bridge.status_cache import SnapshotCache
+    built = []
+
+    def build(kind):
+        built.append(kind)
+        return FleetSnapshot(clock(), {"total": len(built)}, [("up", "web-1")], kind == "fleet")
+
+    workers = [SnapshotCache(build, ("fleet", "problems"), 5.0, str(tmp_path), clock=clock)
+               for _ in range(2)]
+    assert [w.get("problems").counts for w in workers] == [{"total": 1}, {"total": 1}]
+    assert workers[1].get("problems").rows == [("up", "web-1")]
+    clock.advance(4)
+    assert [w.get("problems").counts for w in workers * 2] == [{"total": 1}] * 4
+    assert workers[0].get("fleet").complete and built == ["problems", "fleet"]
+    clock.advance(1)
+    assert [w.get("problems").counts for w in workers] == [{"total": 3}, {"total": 3}]
+    (tmp_path / "problems.snapshot").write_bytes(b"\x00garbage")  # a crashed writer's file
+    clock.advance(5)
+    assert workers[1].get("problems").counts == {"total": 4}
+    assert built == ["problems", "fleet", "problems", "problems"]
