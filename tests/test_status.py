@@ -1,12 +1,15 @@
 """The fleet status page `/` and `/api/status` over HTTP, on SQLite and PostgreSQL."""
 import base64
+import json
+import math
+import random
 import re
 
 import pytest
 import yaml
 
 from bridge import status
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN, START
 from tests.tools import ROOT
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -352,3 +355,94 @@ def test_workers_share_one_snapshot_per_max_age(tmp_path, clock):
     clock.advance(5)
     assert workers[1].get("problems").counts == {"total": 4}
     assert built == ["problems", "fleet", "problems", "problems"]
+
+
+# -- odd stored values (issue 13): never invalid JSON, never a lost row ---------------------
+def write_raw(database_url, server_id, **columns):
+    """Set columns of a server's row straight in the database, past every input check."""
+    sets = ", ".join(f"{name} = ?" for name in columns)
+    sql = f"UPDATE servers SET {sets} WHERE server_id = ?"
+    params = (*columns.values(), server_id)
+    if database_url.startswith("sqlite:///"):
+        import sqlite3
+        with sqlite3.connect(database_url[len("sqlite:///"):]) as conn:
+            assert conn.execute(sql, params).rowcount == 1
+        return
+    import psycopg
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute(sql.replace("?", "%s"), params).rowcount == 1
+
+
+def strict_loads(text):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+ODD_ROWS = {  # server id -> stored values no API accepts (any more)
+    "p-inf": dict(paused=1, paused_until=math.inf, pause_reason="forever"),
+    "p-1e13": dict(paused=1, paused_until=1e13),
+    "p-minus-inf": dict(paused=1, paused_until=-math.inf),
+    "away-inf": dict(expected_back=math.inf),
+    "boot-1e13": dict(boot_time=1e13, last_seen=START - 1),
+    "boot-inf": dict(boot_time=-math.inf, last_seen=START - 1),
+    "seen-future": dict(last_seen=math.inf),
+    "seen-minus-inf": dict(last_seen=-math.inf),
+    "interval-inf": dict(registered_interval=math.inf, last_seen=START - 1e6),
+    "interval-negative": dict(registered_interval=-5.0, last_seen=START - 1),
+    "retired-inf": dict(retired_at=math.inf),
+}
+
+
+def test_odd_stored_values_give_strict_json_and_every_row(app_factory, database_url):
+    client = app_factory(status_max_age=0).test_client()
+    for server_id, columns in ODD_ROWS.items():
+        client.post("/api/servers", headers=ADMIN, json={"server_id": server_id})
+        write_raw(database_url, server_id, **columns)
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "plain-1"})
+    for query in ("", "?state=problems", "?sort=last_seen", "?q=forever"):
+        response = client.get("/api/status" + query, headers=ADMIN)
+        assert response.status_code == 200
+        body = strict_loads(response.get_data(as_text=True))
+    body = strict_loads(client.get("/api/status", headers=ADMIN).get_data(as_text=True))
+    rows = {s["server_id"]: s for s in body["servers"]}
+    assert set(rows) == set(ODD_ROWS) | {"plain-1"}
+    assert body["counts"]["total"] == len(rows) == sum(
+        n for state, n in body["counts"].items() if state != "total")
+    assert (rows["p-inf"]["state"], rows["p-inf"]["paused_until"]) == ("paused", None)
+    assert (rows["p-1e13"]["state"], rows["p-1e13"]["paused_until"]) == ("paused", 1e13)
+    assert rows["p-minus-inf"]["state"] == "never_seen"  # the pause ended long ago
+    assert (rows["away-inf"]["state"], rows["away-inf"]["expected_back"]) == ("away", None)
+    assert rows["boot-1e13"]["boot_time"] == 1e13 and rows["boot-inf"]["boot_time"] is None
+    assert rows["seen-future"]["last_seen"] is None
+    assert (rows["interval-inf"]["state"], rows["interval-inf"]["interval"]) == ("up", None)
+    assert (rows["retired-inf"]["state"], rows["retired-inf"]["retired_at"]) == (
+        "retired", None)
+
+
+PICKS = {
+    "last_seen": [0.0, -5.0, 1e13, START - 1, START - 14.5, START - 15, START - 15.5, START - 16,
+                  START - 29.9, START - 31, START - 1000, START + 50, math.inf, -math.inf],
+    "registered_interval": [None, 0.0, 10.0, 1.0, -10.0, 1e13, math.inf, -math.inf, math.nan],
+    "declared_interval": [None, 0.0, 10.0, 30.0, math.inf, math.nan],
+    "paused": [0, 0, 0, 1],
+    "paused_until": [None, START - 1, START + 1, math.inf, -math.inf, 1e13, math.nan],
+    "expected_back": [None, None, START - 1, START + 10, math.inf, math.nan],
+    "retired_at": [None, None, None, START - 5, math.inf],
+}
+
+
+def test_the_opening_view_counts_and_lists_what_the_whole_fleet_does(store, database_url):
+    """problem_snapshot scans in the database: same counts, same rows, odd values included."""
+    rng = random.Random(17)
+    for i in range(150):
+        store.register(f"s-{i:03d}")
+        write_raw(database_url, f"s-{i:03d}",
+                  **{column: rng.choice(values) for column, values in PICKS.items()})
+    fleet = status.fleet_snapshot(store, 10.0)
+    problems = status.problem_snapshot(store, 10.0)
+    assert problems.counts == fleet.counts
+    assert problems.rows == [row for row in fleet.rows if row[status.STATE] != "up"]
+    assert len(problems.rows) < len(fleet.rows) and fleet.counts["up"] > 0
+    assert len({row[status.STATE] for row in fleet.rows}) == len(status.STATES)
+    strict_loads(status.strict_json([status.row_json(r, START) for r in fleet.rows]))

@@ -3,6 +3,10 @@
 States depend on time, so servers declare intervals of 1-2 s and the tests wait (through
 /api/status) until silence has made them late or down before looking at the page.
 """
+import json
+import math
+import sqlite3
+
 import pytest
 import requests
 
@@ -326,3 +330,34 @@ def test_server_data_is_shown_as_text_never_as_markup(live_bridge, open_page):
     expect(row).to_contain_text('note=<img src="/x" onerror="window.pwned=1"><b>bold</b>')
     assert row.locator("img, b").count() == 0
     assert page.evaluate("window.pwned") is None
+
+
+def test_odd_stored_values_blank_nothing(live_bridge, open_page, tmp_path):
+    """Values no API accepts, written straight into the SQLite file (issue 13)."""
+    bridge = start(live_bridge)
+    seed_fleet(bridge, transient=False)
+    odd = {"odd-inf": dict(paused=1, paused_until=math.inf, pause_reason="forever"),
+           "odd-1e13": dict(paused=1, paused_until=1e13, boot_time=1e13),
+           "odd-away": dict(expected_back=math.inf, boot_time=-math.inf)}
+    for server_id in odd:
+        admin(bridge, "POST", "/api/servers", server_id=server_id)
+    with sqlite3.connect(tmp_path / "bridge.db") as conn:
+        for server_id, columns in odd.items():
+            sets = ", ".join(f"{name} = ?" for name in columns)
+            conn.execute(f"UPDATE servers SET {sets} WHERE server_id = ?",
+                         (*columns.values(), server_id))
+    wait_until(lambda: len(api_states(bridge)) == 8, timeout=5, what="every server listed")
+    text = requests.get(bridge.url + "/api/status", timeout=5).text
+    assert "Infinity" not in text and "NaN" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in /api/status"))
+
+    errors = []
+    page = open_page(bridge, path="/?state=all")
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    shown_ids(page, ["db-new", "odd-away", "ops-away", "odd-1e13", "odd-inf", "ops-paused",
+                     "web-up", "old-retired"])
+    assert counts(page) == {"up": "1", "late": "0", "down": "0", "never_seen": "1",
+                            "paused": "3", "away": "2", "retired": "1"}
+    expect(page.locator('tr[data-server-id="odd-1e13"]')).to_contain_text("until time 1")
+    expect(page.locator('tr[data-server-id="odd-inf"]')).to_contain_text("forever")
+    assert errors == []
