@@ -12,7 +12,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.http_metrics import WorkerFiles
 from tests.conftest import FLEET_TOKEN
 from tests.test_live_bridge import per_server, total
 from tests.tools import Bridge, Process
@@ -162,6 +161,7 @@ def _write(path, entries):
 
 
 def test_only_damaged_files_are_left_out_of_the_sum(tmp_path, caplog):
+    from bridge.http_metrics import WorkerFiles  # here: the live tests also run without it
     key = mmap_key("heartbeat_bridge_http_requests", "heartbeat_bridge_http_requests_total",
                    ["handler", "code"], ["beat", "200"], "HTTP requests answered.")
     _write(tmp_path / "counter_101.db", {key: 3.0})
