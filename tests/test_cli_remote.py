@@ -41,7 +41,7 @@ def run(*args, env=None, expect=0):
 
 
 def remote(bridge, *args, expect=0):
-    """The CLI on the bridge's admin API: URL and token from HEARTBEAT_URL, HEARTBEAT_ADMIN_TOKEN."""
+    """The CLI on the bridge's admin API, URL and token from the environment."""
     return run(*args, env={"HEARTBEAT_URL": bridge.url, "HEARTBEAT_ADMIN_TOKEN": ADMIN_TOKEN},
                expect=expect)
 

@@ -16,7 +16,8 @@ import pytest
 import requests
 import yaml
 
-from tests.tools import ROOT, Bridge, free_port, require_binary
+from tests.tools import (ROOT, Bridge, GiveUp, Process, free_port, require_binary,
+                         wait_until)
 
 KUBE = ROOT / "deploy" / "kubernetes"
 README = KUBE / "README.md"
@@ -392,9 +393,9 @@ def _seconds(duration):
 
 
 # -- the pod's environment, run for real ---------------------------------------------------------
-def test_the_pods_own_environment_starts_a_bridge_whose_probes_answer(tmp_path):
-    """The base's env, token files from the README's Secret and its mount paths moved under
-    tmp_path: the bridge starts, and every probe path and /metrics answer 200."""
+def pod_environment(tmp_path):
+    """The base container's env, with each mount moved under tmp_path (token files written
+    from the README's Secret) and HEARTBEAT_BIND on a free loopback port."""
     objects = render("base")
     spec, main = pod_spec(objects), container(objects)
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -408,7 +409,6 @@ def test_the_pods_own_environment_starts_a_bridge_whose_probes_answer(tmp_path):
             for item in secret["items"]:
                 (local / item["path"]).write_text(data[item["key"]])
         moved[mount["mountPath"]] = str(local)
-    port = free_port()
     env = {}
     for var in main["env"]:
         value = var["value"]
@@ -417,7 +417,16 @@ def test_the_pods_own_environment_starts_a_bridge_whose_probes_answer(tmp_path):
                 value = value.replace(original + "/", moved[original] + "/", 1)
                 break
         env[var["name"]] = value
-    env["HEARTBEAT_BIND"] = f"127.0.0.1:{port}"
+    env["HEARTBEAT_BIND"] = f"127.0.0.1:{free_port()}"
+    env["TMPDIR"] = moved["/tmp"]
+    return env, moved, main
+
+
+def test_the_pods_own_environment_starts_a_bridge_whose_probes_answer(tmp_path):
+    """The base's env and token files: the bridge starts, and every probe path, /metrics and
+    the admin API (with the Secret's admin token) answer 200."""
+    env, moved, main = pod_environment(tmp_path)
+    port = int(env["HEARTBEAT_BIND"].rpartition(":")[2])
     assert env.pop("HEARTBEAT_WORKERS") == "2"
     bridge = Bridge(env.pop("HEARTBEAT_DATABASE_URL"), port=port, **env).start()
     try:
@@ -431,4 +440,42 @@ def test_the_pods_own_environment_starts_a_bridge_whose_probes_answer(tmp_path):
         assert answer.status_code == 200
     finally:
         bridge.stop()
+    assert Path(moved["/var/lib/heartbeat-bridge"], "heartbeat.db").exists()
+
+
+def test_the_bridge_runs_on_a_read_only_root_filesystem(tmp_path):
+    """readOnlyRootFilesystem as far as one host shows it: in a private mount namespace whose
+    root is read-only but for the pod's writable volumes (data, tmp), the bridge serves."""
+    unshare = require_binary("unshare")
+    if os.geteuid() != 0 or subprocess.run([unshare, "-m", "true"],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a private mount namespace needs root (CAP_SYS_ADMIN)")
+    env, moved, main = pod_environment(tmp_path)
+    writable = [moved[m["mountPath"]] for m in main["volumeMounts"] if not m.get("readOnly")]
+    probe = tmp_path / "root-is-writable"
+    script = ("".join(f'mount --bind "{path}" "{path}" && ' for path in writable)
+              + f'mount -o remount,bind,ro / && ! touch "{probe}" 2>/dev/null && exec "$@"')
+    process = Process([unshare, "-m", "--propagation", "private", "sh", "-c", script, "sh",
+                       sys.executable, "-m", "bridge", "serve"],
+                      env={"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1", **env},
+                      cwd=ROOT, name="bridge-ro").start()
+    url = "http://" + env["HEARTBEAT_BIND"]
+    try:
+        def ready():
+            if not process.running():
+                raise GiveUp(f"exited with {process.proc.returncode}")
+            return requests.get(url + "/readyz", timeout=1).ok
+
+        try:
+            wait_until(ready, timeout=20, what="a bridge on a read-only root")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{process.log()}") from None
+        fleet = readme_secrets()["heartbeat-bridge-tokens"]["fleet-token"]
+        beat = requests.post(url + "/api/heartbeat/ro-1/", timeout=5,
+                             headers={"Authorization": f"Bearer {fleet}"})
+        assert beat.status_code == 200, beat.text
+        assert requests.get(url + "/metrics", timeout=10).ok
+    finally:
+        process.stop()
+    assert not probe.exists()
     assert Path(moved["/var/lib/heartbeat-bridge"], "heartbeat.db").exists()
