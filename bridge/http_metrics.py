@@ -9,10 +9,12 @@ The files are read while other workers write them, so WorkerFiles reads them def
 instead of prometheus_client's MultiProcessCollector, which fails the whole scrape on one
 file it cannot read. A worker creates its file on its first request and sizes it a moment
 later (under load that moment is long enough to hit); read in it the file is 0 bytes, and
-a worker killed in it leaves the empty file behind for good (client_python issue #1199). Here an empty file is what it is, nothing recorded yet; any
-other file that does not parse is left out of the scrape whole (its worker's counts are
-missing rather than half-counted), reported once in the log and counted in
-heartbeat_bridge_metrics_files_skipped.
+a worker killed in it leaves the empty file behind for good (client_python issue #1199).
+Here an empty file is what it is, nothing recorded yet; any other file that does not
+parse is left out of the scrape whole (its worker's counts are missing rather than half
+counted), named once in the log and counted in heartbeat_bridge_metrics_files_skipped.
+Should collecting still raise, bridge.exposition leaves these metrics out of that one
+scrape (heartbeat_bridge_collector_success{collector="http_requests"} 0).
 
 Reading defensively rather than having each worker write a snapshot (temp file + rename)
 for the scraper: the multiprocess files are exact at every scrape (a snapshot lags by its
