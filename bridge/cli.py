@@ -149,15 +149,24 @@ def _iso(ts):
 
 
 def servers_list(args, settings):
-    servers = _admin(args, settings).list()
+    import time
+
+    from bridge.status_query import parse_query, select_servers
+    # The filters of /api/status and the status page (bridge/status_query.py).
+    query = parse_query({"state": args.state, "q": args.filter, "sort": args.sort,
+                         "order": args.order, "page": args.page, "per_page": args.per_page},
+                        per_page=None, max_per_page=10**9)
+    servers = select_servers(_admin(args, settings).list(), query, time.time(),
+                             settings.default_interval)
     if args.json:
         print(json.dumps(servers, indent=2))
         return
-    print(f"{'SERVER_ID':32} {'LAST_SEEN':25} {'INTERVAL':>8} {'BEATS':>8} {'PAUSED':6} LABELS")
+    print(f"{'SERVER_ID':32} {'STATE':10} {'LAST_SEEN':25} {'INTERVAL':>8} {'BEATS':>8} "
+          f"{'PAUSED':6} LABELS")
     for s in servers:
         seen = _iso(s["last_seen"]) if s["last_seen"] else "never"
         labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
-        print(f"{s['server_id']:32} {seen:25} {s['interval']:>8g} "
+        print(f"{s['server_id']:32} {s['state']:10} {seen:25} {s['interval']:>8g} "
               f"{s['beats_total']:>8} {'yes' if s['paused'] else 'no':6} {labels}")
 
 
@@ -297,8 +306,18 @@ def _parser():
 
     servers = sub.add_parser("servers", help="register, label, pause and remove servers")
     ssub = servers.add_subparsers(metavar="ACTION", required=True)
-    p = command(ssub, "list", servers_list, "list servers")
+    p = command(ssub, "list", servers_list, "list servers (filters as on the status page)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--state", metavar="STATES",
+                   help="all (default), problems (not up), or a comma-separated list of "
+                        "down, late, never_seen, away, paused, up, retired")
+    p.add_argument("--filter", metavar="TEXT",
+                   help="space-separated terms, all must match: name=value matches a label "
+                        "exactly, other text the id, state, host, agent version, reason, labels")
+    p.add_argument("--sort", default="server_id", choices=["server_id", "state", "last_seen"])
+    p.add_argument("--order", default="asc", choices=["asc", "desc"])
+    p.add_argument("--page", metavar="N", help="with --per-page: which page (from 1)")
+    p.add_argument("--per-page", metavar="N", help="servers per page (default: all)")
     p = command(ssub, "show", servers_show, "show one server")
     p.add_argument("server_id")
     p.add_argument("--json", action="store_true")

@@ -12,9 +12,10 @@ both read the same parameters and filter alike:
     page      1, 2, ...   per_page  1-1000 (default 100)
 """
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from bridge.status import (HAYSTACK, LABELS, LAST_SEEN, PROBLEM_STATES, RANK, SERVER_ID, STATE,
-                           STATES)
+                           STATES, status_row)
 from bridge.validate import InvalidInputError
 
 SORTS = ("state", "server_id", "last_seen")
@@ -52,8 +53,10 @@ class StatusQuery:
             "page": 1, "per_page": defaults.per_page}[k]}
 
 
-def parse_query(args, max_per_page=MAX_PER_PAGE):
-    """A StatusQuery from a mapping of parameter -> text; InvalidInputError (400) if bad."""
+def parse_query(args, per_page=DEFAULT_PER_PAGE, max_per_page=MAX_PER_PAGE):
+    """A StatusQuery from a mapping of parameter -> text; InvalidInputError (400) if bad.
+
+    `per_page` is the default (None: every match on one page)."""
     unknown = sorted(set(args) - {"state", "q", "sort", "order", "page", "per_page"})
     if unknown:
         raise _bad(f"unknown parameter {unknown[0]!r}")
@@ -75,7 +78,7 @@ def parse_query(args, max_per_page=MAX_PER_PAGE):
     if order not in ORDERS:
         raise _bad("order: asc or desc")
     page = _integer(args.get("page"), "page", 1, 1, 10**9)
-    per_page = _integer(args.get("per_page"), "per_page", DEFAULT_PER_PAGE, 1, max_per_page)
+    per_page = _integer(args.get("per_page"), "per_page", per_page, 1, max_per_page)
     return StatusQuery(states, text, sort, order, page, per_page)
 
 
@@ -134,3 +137,26 @@ def select(rows, query):
 def pages(matched, per_page):
     """How many pages `matched` rows make (at least one, maybe empty)."""
     return max(1, -(-matched // per_page)) if per_page else 1
+
+
+def select_servers(servers, query, now, default_interval):
+    """The servers (dicts as the admin API and `Server.as_dict` show them) that `query`
+    selects, in its order, each with its "state" added: the CLI's `servers list`."""
+    rows = [status_row(_as_server(s), now, default_interval) for s in servers]
+    rows.sort(key=lambda row: (RANK[row[STATE]], row[SERVER_ID]))
+    _, chosen = select(rows, query)
+    by_id = {s["server_id"]: s for s in servers}
+    return [dict(by_id[row[SERVER_ID]], state=row[STATE]) for row in chosen]
+
+
+def _as_server(shown):
+    """What status_row reads of a Server, from its admin view (whose interval is the one
+    in force, whatever the bridge's default)."""
+    return SimpleNamespace(
+        server_id=shown["server_id"], labels=shown.get("labels") or {},
+        registered_interval=shown.get("interval"), declared_interval=None,
+        last_seen=shown.get("last_seen") or 0.0, paused=bool(shown.get("paused")),
+        paused_until=shown.get("paused_until"), pause_reason=shown.get("pause_reason"),
+        hostname=shown.get("hostname"), agent_version=shown.get("agent_version"),
+        boot_time=shown.get("boot_time"), expected_back=shown.get("expected_back"),
+        retired_at=shown.get("retired_at"))

@@ -4,6 +4,7 @@ import json
 import math
 import random
 import re
+import time
 
 import pytest
 import yaml
@@ -446,3 +447,37 @@ def test_the_opening_view_counts_and_lists_what_the_whole_fleet_does(store, data
     assert len(problems.rows) < len(fleet.rows) and fleet.counts["up"] > 0
     assert len({row[status.STATE] for row in fleet.rows}) == len(status.STATES)
     strict_loads(status.strict_json([status.row_json(r, START) for r in fleet.rows]))
+
+
+# -- the CLI's `servers list` filters as /api/status does ----------------------------------
+@pytest.mark.parametrize("query", [
+    {}, {"state": "problems"}, {"state": "down,late", "sort": "state"},
+    {"q": "team=web"}, {"q": "team=web down"}, {"q": "DB", "sort": "last_seen", "order": "desc"},
+    {"state": "problems", "sort": "state", "per_page": "1", "page": "2"},
+])
+def test_the_cli_lists_with_the_filters_of_the_api(app_factory, clock, database_url, capsys,
+                                                   query):
+    from bridge import cli
+
+    def run(*args):
+        assert cli.main(["--database-url", database_url, "servers", *args]) == 0
+        return capsys.readouterr().out
+
+    now = clock.now = time.time()  # the CLI judges silence on the real clock
+    for server_id, silent in (("web-1", 1), ("web-2", 100), ("db-1", 20), ("db-2", None)):
+        run("register", server_id, "--label", f"team={server_id[:-2]}", "--interval", "10")
+        if silent is not None:
+            write_raw(database_url, server_id, last_seen=now - silent)
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in query.items()
+               if name != "q"] + (["--filter", query["q"]] if "q" in query else [])
+    if "sort" not in query:
+        options.append("--sort=state")  # the CLI lists by id unless told; the API worst first
+    listed = json.loads(run("list", "--json", *options))
+    api = app_factory(status_max_age=0, default_interval=10).test_client()
+    expected = [(s["server_id"], s["state"]) for s in api.get(
+        "/api/status", query_string=query, headers=ADMIN).get_json()["servers"]]
+    assert [(s["server_id"], s["state"]) for s in listed] == expected
+    assert expected or query.get("q") == "team=web down"
+    table = run("list", *options)
+    assert table.splitlines()[0].split()[:2] == ["SERVER_ID", "STATE"]
+    assert [line.split()[:2] for line in table.splitlines()[1:]] == [list(e) for e in expected]
