@@ -479,3 +479,25 @@ def test_the_bridge_runs_on_a_read_only_root_filesystem(tmp_path):
         process.stop()
     assert not probe.exists()
     assert Path(moved["/var/lib/heartbeat-bridge"], "heartbeat.db").exists()
+
+
+def test_the_ingress_carries_the_proxy_settings_of_docs_security():
+    """Body size and timeouts as annotations, the controller-wide ones (header and body
+    timeouts, keep-alive) named in the example's comment, all equal to docs/security.md's."""
+    nginx = dict(re.findall(r"^(client_\w+|keepalive_timeout)\s+(\w+);",
+                            (ROOT / "docs" / "security.md").read_text(), re.M))
+    ingress = one(render("base+ingress"), "Ingress")
+    notes = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert notes[prefix + "proxy-body-size"] == nginx["client_max_body_size"]
+    assert notes[prefix + "proxy-request-buffering"] == "on"
+    for name in ("proxy-connect-timeout", "proxy-send-timeout", "proxy-read-timeout"):
+        assert int(notes[prefix + name]) <= 10, name
+    comment = (KUBE / "components" / "ingress" / "ingress.yaml").read_text()
+    controller = dict(re.findall(r'^#\s+([a-z-]+): "(\d+)"', comment, re.M))
+    assert controller == {"client-header-timeout": nginx["client_header_timeout"].rstrip("s"),
+                          "client-body-timeout": nginx["client_body_timeout"].rstrip("s"),
+                          "keep-alive": nginx["keepalive_timeout"].rstrip("s")}
+    paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths == ["/api/heartbeat"]  # agents only: docs/security.md, network placement
+    assert ingress["spec"]["tls"][0]["hosts"] == [r["host"] for r in ingress["spec"]["rules"]]
