@@ -5,7 +5,7 @@ one store call and returns the result; errors are InvalidInputError or the store
 """
 from bridge.auth import hash_token, new_token
 from bridge.validate import (InvalidInputError, check_interval, check_labels, check_server_id,
-                             check_text, parse_duration)
+                             check_text, check_until, parse_duration)
 
 MAX_REASON = 256
 
@@ -34,37 +34,62 @@ def set_interval(store, server_id, interval):
 
 
 def pause(store, server_id, duration=None, until=None, reason=None):
-    """Pause alerting, for a duration ('2h'), until a Unix time, or until resumed."""
+    """An operator pauses alerting, for a duration ('2h'), until a Unix time, or until
+    resumed; no host can end or shorten it."""
     check_server_id(server_id)
-    if duration is not None and until is not None:
-        raise InvalidInputError("invalid_field", "give either a duration or an end time", 422)
-    if duration is not None:
-        until = store.clock() + parse_duration(duration, "for")
-    elif until is not None:
-        if isinstance(until, bool) or not isinstance(until, (int, float)):
-            raise InvalidInputError("invalid_field", "until must be a Unix time", 422)
-        if until <= store.clock():
-            raise InvalidInputError("invalid_field", "until must be in the future", 422)
-    if reason is not None:
-        check_text("reason", MAX_REASON)(reason)
+    until = _pause_end(store.clock(), duration, until, maximum=None)
+    _check_reason(reason)
     return store.pause(server_id, until=until, reason=reason)
 
 
+def host_maintenance(store, server_id, policy, max_silence, duration=None, until=None,
+                     reason=None):
+    """A host pauses its own alerts, always with an end at most `max_silence` s away."""
+    check_server_id(server_id)
+    if duration is None and until is None:
+        raise InvalidInputError("invalid_field", "give 'for' (e.g. \"2h\") or 'until' (Unix "
+                                "time): maintenance from the host always has an end", 422)
+    until = _pause_end(store.clock(), duration, until, maximum=max_silence)
+    _check_reason(reason)
+    return store.host_pause(server_id, until, reason, policy)
+
+
+def host_resume(store, server_id, policy):
+    """A host ends its own maintenance (never an operator's pause)."""
+    return store.host_resume(check_server_id(server_id), policy)
+
+
+def _pause_end(now, duration, until, maximum):
+    """The Unix time a pause ends (None: when resumed), from 'for' or 'until'."""
+    if duration is not None and until is not None:
+        raise InvalidInputError("invalid_field", "give either a duration or an end time", 422)
+    if duration is not None:
+        return now + parse_duration(duration, "for", **_limit(maximum))
+    if until is not None:
+        return check_until(until, now, maximum)
+    return None
+
+
+def _limit(maximum):
+    return {} if maximum is None else {"maximum": maximum}
+
+
+def _check_reason(reason):
+    if reason is not None:
+        check_text("reason", MAX_REASON)(reason)
+
+
 DEFAULT_BACK_WITHIN = 900.0
-MAX_BACK_WITHIN = 7 * 86400.0
 
 
-def goodbye(store, server_id, back_within=None, retire=False):
+def goodbye(store, server_id, policy, max_silence, back_within=None, retire=False):
     """A clean stop announced by the host; return the time it promised to be back by."""
     check_server_id(server_id)
-    seconds = DEFAULT_BACK_WITHIN if back_within is None else parse_duration(back_within,
-                                                                            "back_within")
-    if seconds > MAX_BACK_WITHIN:
-        raise InvalidInputError("invalid_field", "back_within must be at most 7 days; use "
-                                "maintenance or retirement for longer absences", 422)
+    seconds = min(DEFAULT_BACK_WITHIN, max_silence) if back_within is None else parse_duration(
+        back_within, "back_within", maximum=max_silence)
     if not isinstance(retire, bool):
         raise InvalidInputError("invalid_field", "retire must be true or false", 422)
-    return store.goodbye(server_id, seconds, retire=retire)
+    return store.goodbye(server_id, seconds, retire=retire, policy=policy)
 
 
 def retire(store, server_id, retired=True):
@@ -80,8 +105,17 @@ def remove(store, server_id):
     store.remove(check_server_id(server_id))
 
 
+def enrol(store, server_id):
+    """A fresh token for a server that asked with the fleet token; unconfirmed until used.
+    Returns the token (only its hash is kept)."""
+    token = new_token()
+    store.set_token(server_id, hash_token(token), confirmed=False)
+    return token
+
+
 def rotate_token(store, server_id, keep_previous_for=None):
-    """Give a server a new token; the old one may stay valid for a grace period."""
+    """An operator gives a server a new token; the old one may stay valid for a grace
+    period."""
     check_server_id(server_id)
     grace = 0.0 if keep_previous_for is None else parse_duration(keep_previous_for,
                                                                  "keep_previous_for")

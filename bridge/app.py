@@ -33,6 +33,11 @@ class BridgeState:
     registry: CollectorRegistry
     _last_housekeeping: float = field(default=float("-inf"), repr=False)
 
+    @property
+    def max_host_silence(self):
+        """The longest silence a host may plan for itself, in seconds."""
+        return self.settings.max_host_silence_hours * 3600.0
+
     def housekeeping(self):
         """On scrape: write pending rejection counts; at most once a minute, retire and
         forget servers as the settings say."""
@@ -66,12 +71,13 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
         settings=settings,
         store=store,
         auth=Authenticator(settings.fleet_tokens, settings.admin_token,
-                           settings.allow_unauthenticated),
+                           settings.allow_unauthenticated, enrolment=settings.enrolment),
         rejections=RejectionCounter(store, flush_every=rejection_flush_every),
         policy=BeatPolicy(auto_register=settings.auto_register,
                           max_servers=settings.max_servers,
                           rate_limit_burst=settings.rate_limit_burst,
-                          default_interval=settings.default_interval),
+                          default_interval=settings.default_interval,
+                          max_agent_interval=settings.max_agent_interval),
         registry=registry,
     )
 

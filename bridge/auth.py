@@ -2,6 +2,7 @@
 import hashlib
 import hmac
 import secrets
+from typing import NamedTuple, Optional
 
 from bridge.validate import InvalidInputError
 
@@ -42,36 +43,60 @@ def _matches(presented_hash, valid_hashes):
     return found
 
 
+class Caller(NamedTuple):
+    """Who a request on the beat path speaks as.
+
+    kind: 'fleet' (the fleet token: enrols a server that has no confirmed token yet),
+    'server' (the server's own token; `confirm` on the first use of an issued one) or
+    'open' (no token needed, HEARTBEAT_ALLOW_UNAUTHENTICATED).
+    """
+
+    kind: str
+    token_hash: Optional[str] = None
+    confirm: bool = False
+
+
 class Authenticator:
     """Decides who may beat for a server and who may use the admin API."""
 
-    def __init__(self, fleet_tokens=(), admin_token="", allow_unauthenticated=False):
+    def __init__(self, fleet_tokens=(), admin_token="", allow_unauthenticated=False,
+                 enrolment=True):
         self.fleet_hashes = [hash_token(t) for t in fleet_tokens]
         self.admin_hash = hash_token(admin_token) if admin_token else None
         self.allow_unauthenticated = allow_unauthenticated
+        # Enrolment: the fleet token only obtains a server's own token, then stops
+        # speaking for it. Meaningless when no token is needed at all.
+        self.enrolment = enrolment and not allow_unauthenticated
 
     @property
     def admin_enabled(self):
         return self.admin_hash is not None
 
     def check_beat(self, store, server_id, header):
-        """Return 'fleet', 'server' or 'open'; raise AuthError otherwise.
+        """The Caller a beat, goodbye or maintenance request speaks as; raise AuthError
+        otherwise (reason 'enrolled' for the fleet token on a server with its own token).
 
-        A wrong token and an unknown server take the same path (one store read, one
-        comparison against a real or dummy hash), so timing tells a guesser nothing.
+        Every token takes the same path (one store read, comparisons against real or dummy
+        hashes), so timing tells a guesser nothing.
         """
         token = bearer_token(header)
         if token is None:
             if self.allow_unauthenticated:
-                return "open"
+                return Caller("open")
             raise AuthError("missing_token", "send Authorization: Bearer <token>")
         presented = hash_token(token)
+        credentials = store.credentials(server_id)
         if _matches(presented, self.fleet_hashes):
-            return "fleet"
-        if _matches(presented, store.token_hashes(server_id) or [_DUMMY_HASH]):
-            return "server"
+            if self.enrolment and credentials.confirmed:
+                raise AuthError("enrolled", "this server has its own token; the fleet token "
+                                            "only enrols servers that have none")
+            return Caller("fleet")
+        if _matches(presented, credentials.hashes or [_DUMMY_HASH]):
+            current = hmac.compare_digest(presented, credentials.hashes[0])
+            return Caller("server", presented,
+                          confirm=current and not credentials.confirmed)
         if self.allow_unauthenticated:
-            return "open"
+            return Caller("open")
         raise AuthError("invalid_token", "the token is not valid for this server")
 
     def check_admin(self, header):

@@ -34,6 +34,9 @@ class Settings:
     max_servers: int = 100000
     default_interval: float = 30.0
     rate_limit_burst: int = 10
+    enrolment: bool = True
+    max_host_silence_hours: float = 72.0
+    max_agent_interval: float = 3600.0
     forget_after_days: float = 0.0
     auto_retire_after_days: float = 0.0
     retired_retention_days: float = 7.0
@@ -80,6 +83,17 @@ class Settings:
                                            MIN_INTERVAL, MAX_INTERVAL),
             rate_limit_burst=reader.integer("HEARTBEAT_RATE_LIMIT_BURST", cls.rate_limit_burst,
                                             0, 10000),
+            # The fleet token only enrols: it obtains a server's own token, then stops
+            # speaking for that server. off: the fleet token speaks for every server.
+            enrolment=reader.boolean("HEARTBEAT_ENROLMENT", True),
+            # The longest silence a host may plan for itself (maintenance, goodbye); an
+            # operator's pause has no such bound.
+            max_host_silence_hours=reader.number("HEARTBEAT_MAX_HOST_SILENCE_HOURS", 72.0,
+                                                 0.1, 24 * 366.0),
+            # The longest interval an agent may declare; an operator's set-interval may go
+            # up to the bridge-wide maximum.
+            max_agent_interval=reader.number("HEARTBEAT_MAX_AGENT_INTERVAL", 3600.0,
+                                             MIN_INTERVAL, MAX_INTERVAL),
             forget_after_days=reader.number("HEARTBEAT_FORGET_AFTER_DAYS", 0.0, 0.0, 36500.0),
             auto_retire_after_days=reader.number("HEARTBEAT_AUTO_RETIRE_AFTER_DAYS", 0.0, 0.0,
                                                  36500.0),

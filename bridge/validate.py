@@ -53,9 +53,22 @@ def check_server_id(server_id):
     return server_id
 
 
+def finite_number(value):
+    """value as a finite float, or None: not a number, a bool, NaN, an infinity, or an
+    integer too large for a float (JSON allows 400 digits; float() would raise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_interval(value, field="interval"):
     """A number of seconds between MIN_INTERVAL and MAX_INTERVAL."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    value = finite_number(value)
+    if value is None:
         raise InvalidInputError("invalid_field", f"{field} must be a number of seconds", 422)
     if not MIN_INTERVAL <= value <= MAX_INTERVAL:
         raise InvalidInputError(
@@ -83,19 +96,49 @@ def check_labels(labels):
     return dict(sorted(labels.items()))
 
 
-def parse_duration(value, field="duration"):
-    """Seconds from a number or a string such as '90', '15m', '2h', '1d'."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and _DURATION.match(value.strip()):
+MAX_DURATION = 366 * 86400.0
+# Unix times the bridge takes (pause ends): before 2242, so every one fits a float, a date
+# and the store exactly.
+MAX_TIMESTAMP = 2.0 ** 33
+
+
+def parse_duration(value, field="duration", maximum=MAX_DURATION):
+    """Seconds, more than 0 and at most `maximum`, from a number or a string such as '90',
+    '15m', '2h', '1d'."""
+    if isinstance(value, str) and _DURATION.match(value.strip()):
         number, unit = _DURATION.match(value.strip()).groups()
-        seconds = float(number) * _UNITS[unit]
+        seconds = finite_number(float(number) * _UNITS[unit])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = finite_number(value)
     else:
         raise InvalidInputError("invalid_field",
                                 f"{field} must be seconds or a duration like 15m, 2h, 1d", 422)
-    if not math.isfinite(seconds) or not 0 < seconds <= 366 * 86400:
-        raise InvalidInputError("invalid_field", f"{field} must be between 1 s and 366 days", 422)
+    if seconds is None or not 0 < seconds <= maximum:
+        raise InvalidInputError("invalid_field",
+                                f"{field} must be more than 0 s and at most {_human(maximum)}",
+                                422)
     return seconds
+
+
+def check_until(value, now, maximum=None, field="until"):
+    """A Unix time after `now` and, when `maximum` is given, at most `maximum` s after it."""
+    until = finite_number(value)
+    if until is None or not 0 <= until < MAX_TIMESTAMP:
+        raise InvalidInputError("invalid_field", f"{field} must be a Unix time in seconds", 422)
+    if until <= now:
+        raise InvalidInputError("invalid_field", f"{field} must be in the future", 422)
+    if maximum is not None and until - now > maximum:
+        raise InvalidInputError("invalid_field",
+                                f"{field} must be at most {_human(maximum)} from now", 422)
+    return until
+
+
+def _human(seconds):
+    """'72 h', '7 days', '90 s': a bound as people read it."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def parse_object(body, content_type):
@@ -135,7 +178,7 @@ def _optional(data, name, check):
 
 
 def _check_seq(value):
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)  # JSON has one number type: 7.0 and 1e3 are integers too
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise InvalidInputError("invalid_field", "seq must be a non-negative integer", 422)
@@ -144,10 +187,10 @@ def _check_seq(value):
 
 def _check_timestamp(name):
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or not 0 <= value < 2**33:
+        number = finite_number(value)
+        if number is None or not 0 <= number < MAX_TIMESTAMP:
             raise InvalidInputError("invalid_field", f"{name} must be a Unix time in seconds", 422)
-        return float(value)
+        return number
     return check
 
 

@@ -4,11 +4,12 @@ One interface (`Store`), one module per backend. Views, collector and CLI talk t
 the interface only; persistence details stay private to each backend. Every method
 is safe to call concurrently from several threads, processes and replicas.
 """
+import math
 import time
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(RuntimeError):
@@ -31,12 +32,31 @@ class ServerLimitError(RuntimeError):
     """Registering one more server would pass the cardinality cap."""
 
 
+class OperatorPausedError(RuntimeError):
+    """A host asked to start, change or end maintenance while an operator's pause holds."""
+
+
+class IntervalTooLongError(ValueError):
+    """An agent declared a longer interval than hosts may (and no operator pinned one)."""
+
+    def __init__(self, interval, limit):
+        super().__init__(f"interval {interval:g} s is over the {limit:g} s hosts may declare")
+        self.limit = limit
+
+
 class RateLimitedError(RuntimeError):
     """The server beats far faster than its interval; `retry_after` is in seconds."""
 
     def __init__(self, retry_after):
         super().__init__(f"rate limited, retry after {retry_after:.1f}s")
         self.retry_after = retry_after
+
+
+class Credentials(NamedTuple):
+    """A server's token hashes valid now, and whether the current one was confirmed."""
+
+    hashes: list
+    confirmed: bool
 
 
 class Server(NamedTuple):
@@ -63,6 +83,9 @@ class Server(NamedTuple):
     has_token: bool = False
     expected_back: Optional[float] = None
     retired_at: Optional[float] = None
+    token_confirmed: bool = False
+    paused_by: Optional[str] = None
+    retired_by: Optional[str] = None
 
     def interval(self, default):
         """The promised interval: registered, else agent-declared, else the default."""
@@ -76,7 +99,21 @@ class Server(NamedTuple):
         """Said goodbye and is not yet due back."""
         return self.expected_back is not None and self.expected_back > now
 
+    @property
+    def enrolment(self):
+        """'open' (no own token: the fleet token may enrol it), 'pending' (a token was issued
+        and not yet used) or 'enrolled' (only its own token speaks for it)."""
+        if not self.has_token:
+            return "open"
+        return "enrolled" if self.token_confirmed else "pending"
+
     def as_dict(self, now, default_interval):
+        """The server as JSON-ready values; a stored NaN or infinity reads as None, so no
+        answer ever carries a value strict JSON cannot hold."""
+        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                for key, value in self._values(now, default_interval).items()}
+
+    def _values(self, now, default_interval):
         return {
             "server_id": self.server_id,
             "labels": self.labels,
@@ -95,6 +132,9 @@ class Server(NamedTuple):
             "clock_skew": self.clock_skew,
             "seq": self.seq,
             "has_token": self.has_token,
+            "enrolment": self.enrolment,
+            "paused_by": self.paused_by if self.is_paused(now) else None,
+            "retired_by": self.retired_by if self.retired_at is not None else None,
             "expected_back": self.expected_back,
             "away": self.is_away(now),
             "retired": self.retired_at is not None,
@@ -119,6 +159,7 @@ class BeatPolicy:
     max_servers: int = 100000
     rate_limit_burst: int = 10
     default_interval: float = 30.0
+    max_agent_interval: float = 3600.0
 
 
 def open_store(url, clock=time.time, **options):

@@ -7,7 +7,8 @@ import json
 import time
 from contextlib import contextmanager
 
-from bridge.store import (SCHEMA_VERSION, RateLimitedError, Server, ServerExistsError,
+from bridge.store import (SCHEMA_VERSION, BeatPolicy, Credentials, IntervalTooLongError,
+                          OperatorPausedError, RateLimitedError, Server, ServerExistsError,
                           ServerLimitError, Snapshot, StoreError, UnknownServerError, rate_limit)
 
 SCHEMA = [
@@ -39,17 +40,25 @@ SCHEMA = [
 MIGRATIONS = {
     2: ["ALTER TABLE servers ADD COLUMN expected_back DOUBLE PRECISION",
         "ALTER TABLE servers ADD COLUMN retired_at DOUBLE PRECISION"],
+    # Enrolment, and who paused or retired a server (a host cannot undo an operator).
+    # Tokens set before enrolment existed were all given out by an operator: confirmed.
+    3: ["ALTER TABLE servers ADD COLUMN token_confirmed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE servers ADD COLUMN paused_by TEXT",
+        "ALTER TABLE servers ADD COLUMN retired_by TEXT",
+        "UPDATE servers SET token_confirmed = 1 WHERE token_hash IS NOT NULL",
+        "UPDATE servers SET paused_by = 'operator' WHERE paused = 1"],
 }
 
 # Every column, in the order export_rows() yields and import_rows() takes them.
 ALL_COLUMNS = ("server_id", "labels", "registered_interval", "declared_interval", "last_seen",
                "beats_total", "paused", "paused_until", "pause_reason", "created_at", "hostname",
                "agent_version", "boot_time", "clock_skew", "seq", "token_hash",
-               "prev_token_hash", "prev_token_until", "rl_tat", "expected_back", "retired_at")
+               "prev_token_hash", "prev_token_until", "rl_tat", "expected_back", "retired_at",
+               "token_confirmed", "paused_by", "retired_by")
 _SERVER_SELECT = ("SELECT server_id, labels, registered_interval, declared_interval, last_seen, "
                   "beats_total, paused, paused_until, pause_reason, created_at, hostname, "
-                  "agent_version, boot_time, clock_skew, seq, token_hash, expected_back, retired_at "
-                  "FROM servers")
+                  "agent_version, boot_time, clock_skew, seq, token_hash, expected_back, retired_at, "
+                  "token_confirmed, paused_by, retired_by FROM servers")
 # What a beat needs of its server's row, locked until the beat commits.
 _BEAT_ROW = "SELECT registered_interval, declared_interval, rl_tat FROM servers WHERE server_id = ?"
 _UNSET = object()
@@ -118,6 +127,8 @@ class SQLStore:
                     self._insert_locked(cur, server_id, now, policy.max_servers)
                     row = (None, None, None)
             registered, declared, tat = row
+            if beat.interval and beat.interval > policy.max_agent_interval and not registered:
+                raise IntervalTooLongError(beat.interval, policy.max_agent_interval)
             interval = registered or beat.interval or declared or policy.default_interval
             tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
             if retry_after is not None:
@@ -128,7 +139,7 @@ class SQLStore:
                 "declared_interval = COALESCE(?, declared_interval), "
                 "hostname = COALESCE(?, hostname), agent_version = COALESCE(?, agent_version), "
                 "boot_time = COALESCE(?, boot_time), clock_skew = COALESCE(?, clock_skew), "
-                "seq = COALESCE(?, seq), expected_back = NULL, retired_at = NULL "
+                "seq = COALESCE(?, seq), expected_back = NULL, " + _UNLESS_OPERATOR_RETIRED +
                 "WHERE server_id = ?",
                 (now, tat, beat.interval, beat.hostname, beat.agent_version, beat.boot_time,
                  skew, beat.seq, server_id))
@@ -184,18 +195,24 @@ class SQLStore:
             raise UnknownServerError(server_id)
         return _server(row, {})
 
-    def token_hashes(self, server_id):
-        """The per-server token hashes valid now (current, and the previous during a rotation)."""
+    def credentials(self, server_id):
+        """The per-server token hashes valid now (current, and the previous during a rotation)
+        and whether the current one is confirmed; no hashes for an unknown server."""
         with self._transaction(write=False) as cur:
-            row = _one(cur, "SELECT token_hash, prev_token_hash, prev_token_until FROM servers "
-                            "WHERE server_id = ?", (server_id,))
+            row = _one(cur, "SELECT token_hash, prev_token_hash, prev_token_until, "
+                            "token_confirmed FROM servers WHERE server_id = ?", (server_id,))
         if row is None:
-            return []
-        current, previous, until = row
+            return Credentials([], False)
+        current, previous, until, confirmed = row
         valid = [current] if current else []
         if previous and until and until > self.clock():
             valid.append(previous)
-        return valid
+        # the current token comes first: confirming is for it, never for the previous one
+        return Credentials(valid, bool(current and confirmed))
+
+    def token_hashes(self, server_id):
+        """The per-server token hashes valid now."""
+        return self.credentials(server_id).hashes
 
     # -- lifecycle -----------------------------------------------------------------------
     def register(self, server_id, interval=None, labels=None, token_hash=None,
@@ -226,32 +243,59 @@ class SQLStore:
         return self.get(server_id)
 
     def pause(self, server_id, until=None, reason=None):
-        """Pause alerting for a server, until a Unix time or (until=None) until resumed."""
-        self._update(server_id, "paused = 1, paused_until = ?, pause_reason = ?", [until, reason])
+        """An operator pauses alerting, until a Unix time or (until=None) until resumed."""
+        self._update(server_id, "paused = 1, paused_until = ?, pause_reason = ?, "
+                                "paused_by = 'operator'", [until, reason])
         return self.get(server_id)
 
     def resume(self, server_id):
-        self._update(server_id, "paused = 0, paused_until = NULL, pause_reason = NULL", [])
+        """An operator ends any pause."""
+        self._update(server_id, _RESUME, [])
         return self.get(server_id)
 
-    def goodbye(self, server_id, back_within, retire=False):
-        """A clean stop: alive now, back within `back_within` s (or retired). Ends the rate
-        limit's memory, so the first beat after the return is never refused."""
+    def host_pause(self, server_id, until, reason, policy):
+        """A host's maintenance until `until`; raises OperatorPausedError while an operator's
+        pause holds, RateLimitedError past the server's rate limit (shared with beats)."""
+        with self._transaction(write=True) as cur:
+            self._host_row(cur, server_id, policy, refuse_if_operator_paused=True)
+            cur.execute("UPDATE servers SET paused = 1, paused_until = ?, pause_reason = ?, "
+                        "paused_by = 'host' WHERE server_id = ?", (until, reason, server_id))
+        return self.get(server_id)
+
+    def host_resume(self, server_id, policy):
+        """A host ends its own maintenance; never an operator's pause (OperatorPausedError)."""
+        with self._transaction(write=True) as cur:
+            self._host_row(cur, server_id, policy, refuse_if_operator_paused=True)
+            cur.execute(f"UPDATE servers SET {_RESUME} WHERE server_id = ?", (server_id,))
+        return self.get(server_id)
+
+    def goodbye(self, server_id, back_within, retire=False, policy=None):
+        """A host's clean stop: alive now, back within `back_within` s (or retired by itself).
+        Charged to the rate limit beats use; an operator's retirement stays as it is."""
         now = self.clock()
-        self._update(server_id, "last_seen = ?, expected_back = ?, rl_tat = NULL, "
-                                "retired_at = ?", [now, now + back_within, now if retire else None])
+        with self._transaction(write=True) as cur:
+            self._host_row(cur, server_id, policy or BeatPolicy())
+            cur.execute("UPDATE servers SET last_seen = ?, expected_back = ?, "
+                        "retired_at = CASE WHEN retired_by = 'operator' THEN retired_at ELSE ? "
+                        "END, retired_by = CASE WHEN retired_by = 'operator' THEN retired_by "
+                        "ELSE ? END WHERE server_id = ?",
+                        (now, now + back_within, now if retire else None,
+                         "host" if retire else None, server_id))
         return now + back_within
 
     def set_retired(self, server_id, retired):
-        """Retire a server (no alerts, forgotten later) or bring it back."""
-        self._update(server_id, "retired_at = ?", [self.clock() if retired else None])
+        """An operator retires a server (no alerts, forgotten later; a host cannot undo it)
+        or brings it back."""
+        self._update(server_id, "retired_at = ?, retired_by = ?",
+                     [self.clock(), "operator"] if retired else [None, None])
         return self.get(server_id)
 
     def retire_silent(self, silent_for):
         """Retire servers not heard from for `silent_for` seconds; count them."""
         now = self.clock()
         with self._transaction(write=True) as cur:
-            cur.execute("UPDATE servers SET retired_at = ? WHERE retired_at IS NULL AND "
+            cur.execute("UPDATE servers SET retired_at = ?, retired_by = 'silence' "
+                        "WHERE retired_at IS NULL AND "
                         "CASE WHEN last_seen > created_at THEN last_seen ELSE created_at END < ?",
                         (now, now - silent_for))
             return cur.rowcount
@@ -262,15 +306,26 @@ class SQLStore:
             cur.execute("DELETE FROM servers WHERE retired_at < ?", (self.clock() - retired_for,))
             return cur.rowcount
 
-    def set_token(self, server_id, token_hash, keep_previous_for=0.0):
-        """Set (or with None, revoke) a server's token; the old one may stay valid a while."""
+    def set_token(self, server_id, token_hash, keep_previous_for=0.0, confirmed=True):
+        """Set (or with None, revoke and so re-open enrolment) a server's token; the old one
+        may stay valid a while. An operator's token is confirmed; one issued on enrolment is
+        not, until its first use (confirm_token)."""
+        confirmed = 1 if confirmed and token_hash else 0
         if keep_previous_for:
             self._update(server_id, "prev_token_hash = token_hash, prev_token_until = ?, "
-                                    "token_hash = ?", [self.clock() + keep_previous_for, token_hash])
+                                    "token_hash = ?, token_confirmed = ?",
+                         [self.clock() + keep_previous_for, token_hash, confirmed])
         else:
             self._update(server_id, "prev_token_hash = NULL, prev_token_until = NULL, "
-                                    "token_hash = ?", [token_hash])
+                                    "token_hash = ?, token_confirmed = ?", [token_hash, confirmed])
         return self.get(server_id)
+
+    def confirm_token(self, server_id, token_hash):
+        """Mark the server's current token confirmed if it is `token_hash`; from then on the
+        fleet token no longer speaks for the server."""
+        with self._transaction(write=True) as cur:
+            cur.execute("UPDATE servers SET token_confirmed = 1 WHERE server_id = ? AND "
+                        "token_hash = ?", (server_id, token_hash))
 
     def remove(self, server_id):
         with self._transaction(write=True) as cur:
@@ -314,12 +369,38 @@ class SQLStore:
             raise ServerLimitError(f"{count} servers registered, limit {max_servers}")
         cur.execute("INSERT INTO servers (server_id, created_at) VALUES (?, ?)", (server_id, now))
 
+    def _host_row(self, cur, server_id, policy, refuse_if_operator_paused=False):
+        """Lock a server's row for a host's goodbye or maintenance and charge it to the
+        server's one rate limit, the beats' own."""
+        now = self.clock()
+        row = _one(cur, "SELECT registered_interval, declared_interval, rl_tat, paused, "
+                        "paused_until, paused_by FROM servers WHERE server_id = ?"
+                   + self.for_update, (server_id,))
+        if row is None:
+            raise UnknownServerError(server_id)
+        registered, declared, tat, paused, paused_until, paused_by = row
+        if refuse_if_operator_paused and paused and paused_by == "operator" and (
+                paused_until is None or paused_until > now):
+            raise OperatorPausedError(server_id)
+        interval = registered or declared or policy.default_interval
+        tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
+        if retry_after is not None:
+            raise RateLimitedError(retry_after)
+        cur.execute("UPDATE servers SET rl_tat = ? WHERE server_id = ?", (tat, server_id))
+
     def _update(self, server_id, assignments, params):
         with self._transaction(write=True) as cur:
             cur.execute(f"UPDATE servers SET {assignments} WHERE server_id = ?",
                         (*params, server_id))
             if cur.rowcount == 0:
                 raise UnknownServerError(server_id)
+
+
+_RESUME = "paused = 0, paused_until = NULL, pause_reason = NULL, paused_by = NULL"
+# A beat or goodbye brings back a server retired by itself or by silence, not by an operator.
+_UNLESS_OPERATOR_RETIRED = ("retired_at = CASE WHEN retired_by = 'operator' THEN retired_at "
+                            "END, retired_by = CASE WHEN retired_by = 'operator' THEN "
+                            "retired_by END ")
 
 
 def _one(cur, sql, params=()):
@@ -334,10 +415,11 @@ def _dump_labels(labels):
 def _server(row, labels_cache):
     (server_id, labels, registered, declared, last_seen, beats, paused, paused_until, reason,
      created, hostname, agent_version, boot_time, skew, seq, token_hash, expected_back,
-     retired_at) = row
+     retired_at, token_confirmed, paused_by, retired_by) = row
     parsed = labels_cache.get(labels)
     if parsed is None:
         parsed = labels_cache[labels] = json.loads(labels)
     return Server(server_id, parsed, registered, declared, last_seen, beats, bool(paused),
                   paused_until, reason, created, hostname, agent_version, boot_time, skew, seq,
-                  token_hash is not None, expected_back, retired_at)
+                  token_hash is not None, expected_back, retired_at, bool(token_confirmed),
+                  paused_by, retired_by)

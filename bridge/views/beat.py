@@ -12,8 +12,8 @@ import math
 import time
 from http import HTTPStatus
 
-from bridge.store import (RateLimitedError, ServerLimitError, StoreUnavailableError,
-                          UnknownServerError)
+from bridge.store import (IntervalTooLongError, OperatorPausedError, RateLimitedError,
+                          ServerLimitError, StoreUnavailableError, UnknownServerError)
 from bridge import admin
 from bridge.validate import (MAX_BODY_BYTES, InvalidInputError, check_server_id, parse_beat,
                              parse_object)
@@ -29,6 +29,9 @@ _STORE_REJECTIONS = {
                        "the bridge has reached its server limit (HEARTBEAT_MAX_SERVERS)"),
     StoreUnavailableError: ("store_unavailable", 503,
                             "the store is unavailable; nothing was recorded, retry"),
+    OperatorPausedError: ("operator_pause", 409,
+                          "an operator paused this server; only an operator can change or end "
+                          "that pause"),
 }
 _STATUS_LINES = {code.value: f"{code.value} {code.phrase}" for code in HTTPStatus}
 
@@ -74,11 +77,20 @@ class BeatEndpoint:
             check_server_id(server_id)
             if len(body) > MAX_BODY_BYTES:
                 raise _too_large()
-            hb.auth.check_beat(hb.store, server_id, authorization)
-            handler = methods[method]
-            return 200, handler(hb, server_id, body, content_type), []
+            caller = hb.auth.check_beat(hb.store, server_id, authorization)
+            answer = methods[method](hb, server_id, body, content_type)
+            if caller.confirm:
+                hb.store.confirm_token(server_id, caller.token_hash)
+            elif caller.kind == "fleet" and hb.auth.enrolment:
+                # Until the server uses a token of its own, every fleet-token request is
+                # answered with a new one: a lost answer never locks the host out.
+                answer["token"] = admin.enrol(hb.store, server_id)
+            return 200, answer, []
         except InvalidInputError as exc:
             return self._reject(server_id, exc.reason, exc.status, exc.message)
+        except IntervalTooLongError as exc:
+            return self._reject(server_id, "invalid_field", 422,
+                                f"{exc}; an operator can pin a longer one (set-interval)")
         except RateLimitedError as exc:
             return self._reject(server_id, "rate_limited", 429,
                                 "beating far faster than the promised interval",
@@ -111,8 +123,8 @@ def _beat(hb, server_id, body, content_type):
 def _goodbye(hb, server_id, body, content_type):
     """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed."""
     data = parse_object(body, content_type)
-    expected_back = admin.goodbye(hb.store, server_id, data.get("back_within"),
-                                  data.get("retire", False))
+    expected_back = admin.goodbye(hb.store, server_id, hb.policy, hb.max_host_silence,
+                                  data.get("back_within"), data.get("retire", False))
     server = hb.store.get(server_id)
     return {"server_id": server_id, "expected_back": expected_back,
             "retired": server.retired_at is not None}
@@ -120,17 +132,15 @@ def _goodbye(hb, server_id, body, content_type):
 
 def _maintenance_start(hb, server_id, body, content_type):
     data = parse_object(body, content_type)
-    if data.get("for") is None and data.get("until") is None:
-        raise InvalidInputError("invalid_field", "give 'for' (e.g. \"2h\") or 'until' (Unix "
-                                "time): maintenance from the host always has an end", 422)
-    server = admin.pause(hb.store, server_id, duration=data.get("for"),
-                         until=data.get("until"), reason=data.get("reason"))
+    server = admin.host_maintenance(hb.store, server_id, hb.policy, hb.max_host_silence,
+                                    duration=data.get("for"), until=data.get("until"),
+                                    reason=data.get("reason"))
     return {"server_id": server_id, "paused_until": server.paused_until,
             "reason": server.pause_reason}
 
 
 def _maintenance_end(hb, server_id, body, content_type):
-    admin.resume(hb.store, server_id)
+    admin.host_resume(hb.store, server_id, hb.policy)
     return {"server_id": server_id, "paused_until": None, "reason": None}
 
 
