@@ -38,6 +38,7 @@ finally:
 
 VERSION = "0.1.0"
 DEFAULT_CONFIG = "/etc/heartbeat-agent.conf"
+DEFAULT_STATE_DIR = "/var/lib/heartbeat-agent"
 MAX_PAYLOAD = 200
 MAX_ANSWER = 4096
 JITTER = 0.05  # a beat lands up to 5% of the interval after its slot: no fleet-wide bursts
@@ -52,7 +53,7 @@ MAX_MAINTENANCE = 366 * 86400
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 Config = namedtuple("Config", "url server_id token interval timeout ca_file initial_delay "
-                              "context token_source back_within")
+                              "context token_source back_within state_dir")
 Outcome = namedtuple("Outcome", "ok status reason retry_after answer")
 
 
@@ -129,17 +130,27 @@ SETTINGS = {
     "timeout": ("HEARTBEAT_TIMEOUT", "--timeout", _number(0.1, 300)),
     "ca_file": ("HEARTBEAT_CA_FILE", "--ca-file", str),
     "back_within": ("HEARTBEAT_BACK_WITHIN", "--back-within", _duration(MAX_BACK_WITHIN)),
+    # where the agent keeps the token the bridge issues it on enrolment
+    "state_dir": ("HEARTBEAT_STATE_DIR", "--state-dir", str),
 }
 DEFAULT_BACK_WITHIN = 900  # a reboot that never comes back still pages, 15 minutes later
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            # argparse lists the words it did not take; one may be a token typed as a value
+            names = [w.split("=")[0] for w in message.split(":", 1)[1].split()
+                     if w.startswith("-")]
+            message = (f"unknown option {' '.join(names)}" if names else "unexpected value") \
+                + " (values are not repeated: one may be a secret; see --help)"
         raise ConfigError(message)
 
 
 def _arguments():
-    parser = _Parser(prog="heartbeat-agent", description="Send heartbeats to a heartbeat-bridge.")
+    # allow_abbrev=False: '--token SECRET' must not be taken as '--token-file SECRET'
+    parser = _Parser(prog="heartbeat-agent", description="Send heartbeats to a heartbeat-bridge.",
+                     allow_abbrev=False)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="send one beat; exit 0 if accepted")
     mode.add_argument("--check", action="store_true",
@@ -209,18 +220,25 @@ def _merge(layers):
     return values, {name: where for name, (_, where) in merged.items()}
 
 
+def _shown_path(path):
+    """A path as error messages show it: a name without a '/' may be a token typed by mistake
+    where a file was meant, so it is not repeated."""
+    return path if os.sep in path else "the file named there"
+
+
 def _read_token(path, where):
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read(4096).strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {getattr(exc, 'strerror', exc)}") from None
+        raise ConfigError(f"{where}: cannot read {_shown_path(path)}: "
+                          f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     if not text:
-        raise ConfigError(f"{where}: {path} is empty")
+        raise ConfigError(f"{where}: {_shown_path(path)} is empty")
     try:
         return _token(text)
     except ValueError as exc:
-        raise ConfigError(f"{where}: the token in {path} {exc}") from None
+        raise ConfigError(f"{where}: the token in {_shown_path(path)} {exc}") from None
 
 
 def _token_from(values, where, environ):
@@ -279,7 +297,8 @@ def load_config(argv=None, environ=None):
                            where.get("ca_file", "HEARTBEAT_CA_FILE"))
     config = Config(values["url"], values["server_id"], token, interval,
                     values.get("timeout", 10.0), values.get("ca_file"), initial_delay, context,
-                    source, values.get("back_within", DEFAULT_BACK_WITHIN))
+                    source, values.get("back_within", DEFAULT_BACK_WITHIN),
+                    values.get("state_dir", DEFAULT_STATE_DIR))
     return config, args
 
 
@@ -392,17 +411,24 @@ class Client:
         self.path = f"{parts.path}/api/heartbeat/{config.server_id}/"
         self.headers = [("Content-Type", "application/json"),
                         ("User-Agent", f"heartbeat-agent/{VERSION}")]
-        if config.token:
-            self.headers.insert(0, ("Authorization", f"Bearer {config.token}"))
+        self.set_token(config.token)
+        self.sent = False  # whether the last request reached the wire whole
         port = parts.port or (443 if config.context else 80)  # explicit: "::1" has colons
         if config.context:
             self.conn = _HTTPSConnection(parts.hostname, port, config.timeout, config.context)
         else:
             self.conn = _HTTPConnection(parts.hostname, port, timeout=config.timeout)
 
+    def set_token(self, token):
+        """Send `token` (none if empty) from the next request on."""
+        self.headers = [h for h in self.headers if h[0] != "Authorization"]
+        if token:
+            self.headers.insert(0, ("Authorization", f"Bearer {token}"))
+
     def post(self, body, action="", method="POST"):
         """(status, headers, answer bytes) of METHOD .../<server_id>/<action>; raises OSError
         or http.client.HTTPException."""
+        self.sent = False
         reused = self.conn.sock is not None
         if reused and _dropped(self.conn.sock):
             self.conn.close()
@@ -429,6 +455,7 @@ class Client:
             self.conn.putheader(name, value)
         self.conn.putheader("Content-Length", str(len(body)))
         self.conn.endheaders(body)
+        self.sent = True
         response = self.conn.getresponse()
         answer = response.read(MAX_ANSWER)
         if not response.isclosed():  # an answer too big to drain: start afresh next time
@@ -502,6 +529,87 @@ def exchange(client, body, action="", method="POST"):
     return Outcome(False, None, reason, None, b"")
 
 
+class Identity:
+    """The token the agent speaks with: its own once the bridge issued one (enrolment), kept
+    in the state directory; until then the configured (fleet) token."""
+
+    def __init__(self, config, log=None):
+        self.configured = config.token
+        self.log = log or _log
+        self.path = os.path.join(config.state_dir, f"{config.server_id}.token")
+        self.own = self._load()
+        self.warned = False
+
+    @property
+    def token(self):
+        return self.own or self.configured
+
+    @property
+    def source(self):
+        return f"state file {self.path}" if self.own else None
+
+    def _load(self):
+        try:
+            with open(self.path, encoding="ascii") as f:
+                return _token(f.read(4096).strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            self.log(f"ignoring {self.path}: {getattr(exc, 'strerror', None) or 'not a token'}")
+            return None
+
+    def adopt(self, answer):
+        """Keep a token the bridge issued; True when the agent now speaks with it. A token
+        that cannot be kept is not used: after a restart the agent would have lost it."""
+        token = answer.get("token")
+        if not isinstance(token, str) or not TOKEN.match(token) or token == self.own:
+            return False
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            temporary = f"{self.path}.{os.getpid()}.tmp"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, token.encode("ascii") + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)  # atomic: a crash leaves the old file or the new
+        except OSError as exc:
+            if not self.warned:
+                self.log(f"warning: cannot keep the token the bridge issued in "
+                         f"{os.path.dirname(self.path)} ({exc.strerror}); going on with the "
+                         "configured token (set HEARTBEAT_STATE_DIR to a writable directory)")
+                self.warned = True
+            return False
+        self.own = token
+        return True
+
+    def drop(self):
+        """The bridge refused our own token (an operator revoked it): enrol again."""
+        self.own = None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def send(client, identity, body, action="", method="POST"):
+    """One request with the agent's token: adopts a token the bridge issues, and enrols
+    again with the configured token when an operator revoked its own. An Outcome."""
+    outcome = exchange(client, body, action, method)
+    if outcome.ok:
+        if identity.adopt(_answer(outcome)):
+            client.set_token(identity.token)
+        return outcome
+    if outcome.status == 401 and identity.own and identity.configured \
+            and _answer(outcome).get("error") == "invalid_token":
+        identity.log("the bridge refused this host's own token (revoked?); enrolling again")
+        identity.drop()
+        client.set_token(identity.token)
+        return send(client, identity, body, action, method)  # once: no own token now
+    return outcome
+
+
 def _one_line(text, limit=200):
     """Text from the other end, made safe for one log line."""
     return "".join(c if c.isprintable() else " " for c in text[:limit])
@@ -513,8 +621,10 @@ class Agent:
     def __init__(self, config, log=None, clock=time.monotonic, wall=time.time, sleep=time.sleep,
                  uniform=random.uniform):
         self.config = config
-        self.client = Client(config)
         self.log = log or _log
+        self.identity = Identity(config, self.log)
+        self.client = Client(config)
+        self.client.set_token(self.identity.token)
         self.clock, self.wall, self.sleep, self.uniform = clock, wall, sleep, uniform
         self.seq, self.last_body = 0, b""
         self.hostname = socket.gethostname()
@@ -526,7 +636,7 @@ class Agent:
                              self.wall())
         self.seq += 1
         self.last_body = body
-        return exchange(self.client, body)
+        return send(self.client, self.identity, body)
 
     def run(self, max_beats=None):
         """Beat until interrupted (or max_beats attempts, for measurements)."""
@@ -573,7 +683,7 @@ class Agent:
         if conn.sock is not None:
             conn.sock.settimeout(conn.timeout)
         try:
-            outcome = exchange(self.client, goodbye_body(self.config), "goodbye")
+            outcome = send(self.client, self.identity, goodbye_body(self.config), "goodbye")
         except KeyboardInterrupt:  # a second signal: stop now
             outcome = Outcome(False, None, "interrupted", None, b"")
         if outcome.ok:
@@ -608,21 +718,35 @@ def _interrupt(signum, frame):
 
 
 def _check(agent):
-    config = agent.config
-    token = f"{len(config.token)} characters from {config.token_source}" if config.token \
-        else "none"
+    """Settings, then each step of one beat as it happened; never a token's characters."""
+    config, identity = agent.config, agent.identity
+    source = identity.source or config.token_source
+    token = f"{len(identity.token)} characters from {source}" if identity.token else "none"
     print(f"config: url={config.url} server_id={config.server_id} interval={config.interval:g}s "
-          f"timeout={config.timeout:g}s ca_file={config.ca_file or '(system)'} token={token}")
+          f"timeout={config.timeout:g}s ca_file={config.ca_file or '(system)'} token={token} "
+          f"state_dir={config.state_dir}")
+    was_own = identity.own
     started = time.monotonic()
     outcome = agent.beat()
-    print(f"sent: POST {config.url}/api/heartbeat/{config.server_id}/ "
-          f"{agent.last_body.decode()}")
     took = (time.monotonic() - started) * 1000
+    target = f"POST {config.url}/api/heartbeat/{config.server_id}/"
+    if not agent.client.sent:
+        print(f"not sent: {target}: {outcome.reason} after {took:.0f} ms")
+        print(f"failed: {outcome.reason}")
+        return EXIT_FAILED
+    print(f"sent: {target} {agent.last_body.decode()}")
     if outcome.status is None:
         print(f"answered: nothing ({outcome.reason}) after {took:.0f} ms")
     else:
+        answer = _answer(outcome)
+        shown = dict(answer, token="(issued, not shown)") if "token" in answer else answer
         print(f"answered: HTTP {outcome.status} in {took:.0f} ms: "
-              f"{outcome.answer.decode('utf-8', 'replace').strip()}")
+              + (json.dumps(shown) if shown else _one_line(
+                  outcome.answer.decode("utf-8", "replace").strip())))
+    if identity.own and identity.own != was_own:
+        print(f"enrolled: the bridge issued this host's own token, kept in {identity.path}")
+    elif "token" in _answer(outcome):
+        print("not enrolled: the bridge issued a token the agent could not keep (see above)")
     print("ok: the bridge accepted the beat" if outcome.ok else f"failed: {outcome.reason}")
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
@@ -645,9 +769,11 @@ def _announce(config, args):
         if args.reason is not None:
             fields["reason"] = args.reason
         body = json.dumps(fields, separators=(",", ":")).encode()
+    identity = Identity(config)
     client = Client(config)
+    client.set_token(identity.token)
     try:
-        outcome = exchange(client, body, action, method)
+        outcome = send(client, identity, body, action, method)
     finally:
         client.close()
     if not outcome.ok:

@@ -57,6 +57,16 @@ def database_url(request, tmp_path):
         conn.close()
 
 
+@pytest.fixture(autouse=True)
+def agent_state_dir(tmp_path, monkeypatch):
+    """An agent run in-process keeps an issued token under the test's tmp_path, never in the
+    machine's /var/lib/heartbeat-agent."""
+    from agent import heartbeat_agent
+    path = tmp_path / "agent-state"
+    monkeypatch.setattr(heartbeat_agent, "DEFAULT_STATE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def clock():
     return FakeClock()

@@ -9,6 +9,7 @@ import socketserver
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -164,6 +165,8 @@ def statuses(*codes, then=200, retry_after=None):
 def agent_env(**settings):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("HEARTBEAT_") and k != "CREDENTIALS_DIRECTORY"}
+    # never the machine's /var/lib/heartbeat-agent: a token a test bridge issues stays here
+    env["HEARTBEAT_STATE_DIR"] = tempfile.mkdtemp(prefix="agent-state-")
     env.update({k: str(v) for k, v in settings.items()})
     return env
 
@@ -581,7 +584,7 @@ def test_a_systemd_credential_supplies_the_token(tmp_path):
     ([], {}, "intervall = 5\n", "unknown key 'intervall' in [agent]"),
     ([], {}, "interval = 0\n", "agent.conf: interval: must be a number between 1 and 86400"),
     (["--initial-delay", "-1"], {}, "", "--initial-delay: must be a number between 0"),
-    (["--bogus"], {}, "", "unrecognized arguments: --bogus"),
+    (["--bogus"], {}, "", "unknown option --bogus"),
 ])
 def test_bad_settings_exit_2_with_one_line_naming_the_problem(tmp_path, argv, env, ini, message):
     conf = tmp_path / "agent.conf"
@@ -590,6 +593,19 @@ def test_bad_settings_exit_2_with_one_line_naming_the_problem(tmp_path, argv, en
     code, out, err = run_agent(conf, *argv, **env)
     assert (code, out, err.count("\n")) == (2, "", 1), err
     assert err.startswith("heartbeat-agent: ") and message in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--token", "s3cret-TOKEN-value"], "unknown option --token"),  # not --token-file
+    (["--tok", "s3cret-TOKEN-value"], "unknown option --tok"),
+    (["--token-file", "s3cret-TOKEN-value"], "cannot read the file named there"),
+    (["--token-file=s3cret-TOKEN-value"], "cannot read the file named there"),
+    (["s3cret-TOKEN-value"], "unexpected value"),
+])
+def test_no_error_repeats_a_value_that_may_be_a_secret(conf, argv, message):
+    code, out, err = run_agent(conf, *argv, HEARTBEAT_URL="http://127.0.0.1:9")
+    assert code == 2 and message in err, err
+    assert "s3cret" not in out + err
 
 
 def test_an_explicit_config_file_must_exist_and_have_an_agent_section(tmp_path):

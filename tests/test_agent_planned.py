@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -27,9 +28,13 @@ def bridge(tmp_path_factory):
         bridge.stop()
 
 
+STATE_DIR = tempfile.mkdtemp(prefix="agent-state-")
+
+
 def say(url, server_id, *flags, token=TOKEN, **settings):
     """Run `heartbeat-agent --config /dev/null FLAGS`; (exit code, stderr, seconds taken)."""
     settings.update(HEARTBEAT_URL=url, HEARTBEAT_SERVER_ID=server_id)
+    settings.setdefault("HEARTBEAT_STATE_DIR", STATE_DIR)  # one host's state, as in life
     if token:
         settings["HEARTBEAT_TOKEN"] = token
     started = time.monotonic()
@@ -76,10 +81,9 @@ def test_goodbye_retire_retires_the_server(bridge):
     assert metric(bridge, "heartbeat_retired", "old-1") == 1
 
 
-def test_the_loops_first_beat_after_a_goodbye_is_accepted_even_after_a_burst(bridge, tmp_path):
-    codes = [bridge.beat("boot-1", token=TOKEN, json={"interval": 60}).status_code
-             for _ in range(12)]
-    assert codes[-1] == 429  # the rate limit's burst is used up
+def test_the_loops_first_beat_after_a_goodbye_and_a_quick_reboot_is_accepted(bridge, tmp_path):
+    for _ in range(3):  # beating as usual
+        assert bridge.beat("boot-1", token=TOKEN, json={"interval": 60}).status_code == 200
     assert say(bridge.url, "boot-1", "--goodbye")[0] == 0
     assert metric(bridge, "heartbeat_expected_back_seconds", "boot-1") > time.time()
     conf = tmp_path / "agent.conf"
@@ -98,6 +102,7 @@ def test_the_loops_first_beat_after_a_goodbye_is_accepted_even_after_a_burst(bri
 def loop(tmp_path, url, server_id, *flags, **settings):
     conf = tmp_path / "agent.conf"
     conf.write_text("[agent]\n")
+    settings.setdefault("HEARTBEAT_STATE_DIR", STATE_DIR)
     return start_agent(conf, *flags, HEARTBEAT_URL=url, HEARTBEAT_SERVER_ID=server_id,
                        **settings)
 
