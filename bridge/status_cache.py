@@ -11,8 +11,15 @@ and replaces the file atomically. The others wait on the lock and read the resul
 Within a worker the last snapshot of each kind stays in memory; the file is read only
 when it changed. The store's clock dates every snapshot, so a clock that jumps either way
 makes it stale. Without a directory (tests, another WSGI server) each process has its own.
+
+Kinds named in `serve_stale` (the whole fleet, over a second to compute at 100,000
+servers) are answered from the last snapshot while it is younger than STALE_FOR times
+`max_age`, and computed again in a background thread meanwhile: a viewer typing a
+filter waits for the filter, not for the database. Answers say when their snapshot was
+taken (`generated_at`).
 """
 import fcntl
+import logging
 import marshal
 import os
 import threading
@@ -20,6 +27,8 @@ import time
 
 from bridge.status import FleetSnapshot
 
+STALE_FOR = 6
+log = logging.getLogger("bridge")
 
 class SnapshotCache:
     """`get(kind)`: the snapshot `build(kind)` made at most `max_age` seconds ago.
@@ -27,18 +36,38 @@ class SnapshotCache:
     Safe to call from many threads and processes; `max_age` 0 builds on every call.
     """
 
-    def __init__(self, build, kinds, max_age, directory="", clock=time.time):
+    def __init__(self, build, kinds, max_age, directory="", clock=time.time, serve_stale=()):
         self.build = build
         self.max_age = max_age
         self.directory = directory
         self.clock = clock
+        self.serve_stale = frozenset(serve_stale)
         self._memory = {}  # kind -> (snapshot, (inode, mtime_ns) of the file it came from)
         self._locks = {kind: threading.Lock() for kind in kinds}
 
     def get(self, kind):
-        snapshot, _ = self._memory.get(kind, (None, None))
+        snapshot, seen = self._memory.get(kind, (None, None))
         if self._fresh(snapshot):
             return snapshot
+        if self.directory and self.max_age > 0:  # another worker may have a fresh one
+            snapshot, seen = self._read(self._path(kind), snapshot, seen)
+            if self._fresh(snapshot):
+                self._memory[kind] = (snapshot, seen)
+                return snapshot
+        if kind in self.serve_stale and self._fresh(snapshot, STALE_FOR * self.max_age):
+            if not self._locks[kind].locked():
+                threading.Thread(target=self._refresh_logged, args=(kind,), daemon=True,
+                                 name=f"status-{kind}").start()
+            return snapshot
+        return self._refresh(kind)
+
+    def _refresh_logged(self, kind):
+        try:
+            self._refresh(kind)
+        except Exception:  # a thread's edge: the next request tries again
+            log.exception("status snapshot %r not refreshed", kind)
+
+    def _refresh(self, kind):
         with self._locks[kind]:  # one thread of this worker computes or reads
             snapshot, seen = self._memory.get(kind, (None, None))
             if self._fresh(snapshot):
@@ -50,11 +79,15 @@ class SnapshotCache:
             self._memory[kind] = (snapshot, seen)
             return snapshot
 
-    def _fresh(self, snapshot):
-        return snapshot is not None and 0 <= self.clock() - snapshot.generated_at < self.max_age
+    def _fresh(self, snapshot, max_age=None):
+        max_age = self.max_age if max_age is None else max_age
+        return snapshot is not None and 0 <= self.clock() - snapshot.generated_at < max_age
+
+    def _path(self, kind):
+        return os.path.join(self.directory, f"{kind}.snapshot")
 
     def _shared(self, kind, snapshot, seen):
-        path = os.path.join(self.directory, f"{kind}.snapshot")
+        path = self._path(kind)
         snapshot, seen = self._read(path, snapshot, seen)
         if self._fresh(snapshot):
             return snapshot, seen

@@ -4,6 +4,7 @@ import json
 import math
 import random
 import re
+import threading
 import time
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 
 from bridge import status
 from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN, START
-from tests.tools import ROOT
+from tests.tools import ROOT, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
@@ -324,13 +325,20 @@ def test_an_unchanged_view_answers_304_and_a_changed_one_200(client, clock):
 
 def test_a_snapshot_serves_every_request_until_it_is_max_age_old(app_factory, clock):
     client = app_factory(status_max_age=5).test_client()
-    client.post("/api/heartbeat/web-1", headers=FLEET, json={"interval": 10})
-    assert ids(client, "") == ["web-1"]
-    client.post("/api/heartbeat/web-2", headers=FLEET, json={"interval": 10})
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1"})
+    assert ids(client, "?state=problems") == ["new-1"]
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "new-2"})
     clock.advance(4.9)
-    assert ids(client, "") == ["web-1"]  # the snapshot taken 4.9 s ago
+    assert ids(client, "?state=problems") == ["new-1"]  # the snapshot taken 4.9 s ago
     clock.advance(0.1)
-    assert ids(client, "") == ["web-1", "web-2"]
+    assert ids(client, "?state=problems") == ["new-1", "new-2"]
+    # The whole fleet: the last snapshot answers at once while a new one is computed.
+    assert ids(client, "?state=all") == ["new-1", "new-2"]
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "new-3"})
+    clock.advance(5)
+    assert ids(client, "?state=all") == ["new-1", "new-2"]
+    wait_until(lambda: ids(client, "?state=all") == ["new-1", "new-2", "new-3"], timeout=5,
+               what="the background refresh")
 
 
 def test_workers_share_one_snapshot_per_max_age(tmp_path, clock):
@@ -481,3 +489,26 @@ def test_the_cli_lists_with_the_filters_of_the_api(app_factory, clock, database_
     table = run("list", *options)
     assert table.splitlines()[0].split()[:2] == ["SERVER_ID", "STATE"]
     assert [line.split()[:2] for line in table.splitlines()[1:]] == [list(e) for e in expected]
+
+
+def test_the_whole_fleet_is_answered_from_its_last_snapshot_while_a_new_one_is_computed(
+        clock):
+    from bridge.status import FleetSnapshot
+    from bridge.status_cache import STALE_FOR, SnapshotCache
+    built, release = [], threading.Event()
+
+    def build(kind):
+        if built:
+            assert release.wait(10)  # a slow database
+        built.append(kind)
+        return FleetSnapshot(clock(), {"total": len(built)}, [], True)
+
+    cache = SnapshotCache(build, ("fleet", "problems"), 5.0, clock=clock, serve_stale=("fleet",))
+    assert cache.get("fleet").counts == {"total": 1}
+    clock.advance(6)
+    assert cache.get("fleet").counts == {"total": 1}  # at once: the last one
+    release.set()
+    wait_until(lambda: cache.get("fleet").counts == {"total": 2}, timeout=5,
+               what="the background refresh")
+    clock.advance(STALE_FOR * 5)  # too old to show even once: wait for a new one
+    assert cache.get("fleet").counts == {"total": 3}

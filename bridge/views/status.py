@@ -131,5 +131,6 @@ def _snapshots():
         builders = {"fleet": fleet_snapshot, "problems": problem_snapshot}
         cache = extensions.setdefault("status_snapshots", SnapshotCache(
             lambda kind: builders[kind](hb.store, hb.settings.default_interval), builders,
-            hb.settings.status_max_age, hb.settings.status_cache_dir, clock=hb.store.clock))
+            hb.settings.status_max_age, hb.settings.status_cache_dir, clock=hb.store.clock,
+            serve_stale=("fleet",)))
     return cache
