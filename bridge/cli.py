@@ -153,8 +153,9 @@ def servers_list(args, settings):
 
     from bridge.status_query import parse_query, select_servers
     # The filters of /api/status and the status page (bridge/status_query.py).
-    query = parse_query({"state": args.state, "q": args.filter, "sort": args.sort,
-                         "order": args.order, "page": args.page, "per_page": args.per_page},
+    given = {"state": args.state, "q": args.filter, "sort": args.sort, "order": args.order,
+             "page": args.page, "per_page": args.per_page}
+    query = parse_query({k: v for k, v in given.items() if v is not None},
                         per_page=None, max_per_page=10**9)
     servers = select_servers(_admin(args, settings).list(), query, time.time(),
                              settings.default_interval)

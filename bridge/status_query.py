@@ -11,6 +11,7 @@ both read the same parameters and filter alike:
     order     asc | desc
     page      1, 2, ...   per_page  1-1000 (default 100)
 """
+import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -18,6 +19,8 @@ from bridge.status import (HAYSTACK, LABELS, LAST_SEEN, PROBLEM_STATES, RANK, SE
                            STATES, status_row)
 from bridge.validate import InvalidInputError
 
+_ONE_STATE = "(?:" + "|".join(STATES) + ")"
+STATE_LIST = re.compile(f"{_ONE_STATE}(?:,{_ONE_STATE})*\\Z")
 SORTS = ("state", "server_id", "last_seen")
 ORDERS = ("asc", "desc")
 STATE_SETS = {"all": STATES, "problems": PROBLEM_STATES}
@@ -60,21 +63,21 @@ def parse_query(args, per_page=DEFAULT_PER_PAGE, max_per_page=MAX_PER_PAGE):
     unknown = sorted(set(args) - {"state", "q", "sort", "order", "page", "per_page"})
     if unknown:
         raise _bad(f"unknown parameter {unknown[0]!r}")
-    state = (args.get("state") or "all").strip().lower()
+    state = args.get("state", "all")
     if state in STATE_SETS:
         states = STATE_SETS[state]
     else:
-        wanted = {s.strip() for s in state.split(",") if s.strip()}
-        if not wanted or wanted - set(STATES):
+        wanted = set(state.split(","))
+        if not STATE_LIST.match(state):
             raise _bad(f"state: all, problems or a comma-separated list of {', '.join(STATES)}")
         states = tuple(s for s in STATES if s in wanted)
-    text = args.get("q") or ""
+    text = args.get("q", "")
     if len(text) > MAX_TEXT:
         raise _bad(f"q: at most {MAX_TEXT} characters")
-    sort = args.get("sort") or "state"
+    sort = args.get("sort", "state")
     if sort not in SORTS:
         raise _bad(f"sort: one of {', '.join(SORTS)}")
-    order = args.get("order") or "asc"
+    order = args.get("order", "asc")
     if order not in ORDERS:
         raise _bad("order: asc or desc")
     page = _integer(args.get("page"), "page", 1, 1, 10**9)
@@ -83,7 +86,7 @@ def parse_query(args, per_page=DEFAULT_PER_PAGE, max_per_page=MAX_PER_PAGE):
 
 
 def _integer(text, name, default, low, high):
-    if text is None or text == "":
+    if text is None:
         return default
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise _bad(f"{name}: a whole number from {low} to {high}")
