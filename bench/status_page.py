@@ -32,8 +32,7 @@ from pathlib import Path
 import requests
 
 from bench import wrk
-from bench.peers import BridgePeer, bridge_source, cpu_seconds
-from tests.tools import ROOT
+from bench.peers import TOKEN, BridgePeer, bridge_source, cpu_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHROMIUM = "/usr/bin/chromium"
@@ -136,7 +135,7 @@ def beat_phase(peer, up, duration, viewers):
     """Paced beats on the up servers, with `viewers` refreshing meanwhile (0: none)."""
     pids = peer.pids()
     cpu = cpu_seconds(pids)
-    env = {"TOKEN": peer_token(), "SERVERS": up, "CLOSE": 0, "DELAY_MS": 10}
+    env = {"TOKEN": TOKEN, "SERVERS": up, "CLOSE": 0, "DELAY_MS": 10}
     if viewers:
         with Viewers(peer.url, viewers) as v:
             result = wrk.run_wrk(peer.url, "beat.lua", duration, env=env, connections=16)
@@ -146,11 +145,6 @@ def beat_phase(peer, up, duration, viewers):
         refreshes, statuses = 0, []
     return dict(result, cpu_s=cpu_seconds(pids) - cpu, refreshes=refreshes,
                 not_modified=statuses.count(304), errors=sum(s not in (200, 304) for s in statuses))
-
-
-def peer_token():
-    from bench.peers import TOKEN
-    return TOKEN
 
 
 def viewers_alone(peer, duration, n=10):
@@ -311,7 +305,8 @@ def report(args, described, load_before, load_after, seeded_s, body, size, phase
         return "PASS" if ok else "MISS"
 
     lines = [
-        f"# Status page at {args.servers:,} servers ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        f"# Status page at {args.servers:,} servers "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"Bridge: {described}. `python -m bench.status_page --servers {args.servers}`.",
         f"Machine: {os.cpu_count()} CPUs, shared with other work; load average {load_before}"
