@@ -219,7 +219,7 @@ def browser_phase(peer, max_age, servers):
 
 def keystroke(page, text, settle=True):
     """Type `text` (its last character is the keystroke timed): ms from that key's input
-    event until the rows it selects are drawn (status.js sets #shown after the rows)."""
+    event until the rows it selects are drawn (the first redraw of the rows or #shown)."""
     if settle:
         page.fill("#filter", text[:-1])
         page.wait_for_timeout(700)  # let that settle and its answer show
@@ -229,12 +229,14 @@ def keystroke(page, text, settle=True):
         window.keyAt = null; window.shownAt = null;
         document.getElementById('filter').addEventListener('input',
             () => { window.keyAt = performance.now(); }, {once: true});
-        new MutationObserver((records, observer) => {
+        const observer = new MutationObserver(() => {
             if (window.keyAt === null) return;
-            window.shownAt = performance.now();
+            window.shownAt = performance.now();  // after the whole synchronous redraw
             observer.disconnect();
-        }).observe(document.getElementById('shown'), {childList: true, characterData: true,
-                                                      subtree: true});
+        });
+        observer.observe(document.getElementById('shown'), {childList: true,
+                                                            characterData: true, subtree: true});
+        observer.observe(document.querySelector('#servers tbody'), {childList: true});
     }""")
     page.keyboard.type(text[-1])
     page.wait_for_function("() => window.shownAt !== null", timeout=30000, polling=10)
