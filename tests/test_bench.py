@@ -21,17 +21,22 @@ def test_quick_bench_writes_a_report_with_every_peer_and_target(tmp_path):
     text = reports[0].read_text()
     assert text in proc.stdout  # printed as well as written
     assert BEAT_COLUMNS in text and SCRAPE_COLUMNS in text
-    for peer in ("bridge-sqlite", "pushgateway", "pushgateway-no-consistency-check"):
+    for peer in ("bridge-sqlite", "bridge-before", "pushgateway",
+                 "pushgateway-no-consistency-check"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {peer} | 100 |"))
         assert "skipped" not in row, row
     # PostgreSQL is either measured or says why not.
     assert "| bridge-postgres | 100 |" in text
     targets = [line for line in text.split("## Targets")[1].split("##")[0].splitlines()
                if line.startswith("| ") and "bridge-sqlite" in line]
-    assert len(targets) == 11
+    assert len(targets) == 15  # 11, and beats/s and CPU per beat against bridge-before
     # One size: "the lead holds at the larger size" cannot be judged (n/a); the rest can.
     assert sum(line.endswith("**n/a** |") for line in targets) == 2, targets
-    assert sum(line.endswith(("**PASS** |", "**MISS** |")) for line in targets) == 9, targets
+    assert sum(line.endswith(("**PASS** |", "**MISS** |")) for line in targets) == 13, targets
+    before = text.split("## Before and after")[1].split("##")[0]
+    assert "| 100 |" in before
+    scraped = text.split("## Beats while /metrics is scraped every second")[1].split("##")[0]
+    assert "| bridge-sqlite | 100 |" in scraped and "| bridge-before | 100 |" in scraped
     # The /metrics check saw every prefilled server on every peer.
     scrape_rows = text.split(SCRAPE_COLUMNS)[1].splitlines()[2:5]
     assert all(row.split("|")[3].strip() == "100" for row in scrape_rows), scrape_rows
