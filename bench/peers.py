@@ -182,7 +182,10 @@ class BridgePeer(Peer):
                    HEARTBEAT_DATABASE_URL=self.database_url, HEARTBEAT_TOKEN=TOKEN,
                    # wrk revisits each id many times a second; a real fleet beats once per
                    # interval. Measure accepting beats, not answering 429 (bench/README.md).
-                   HEARTBEAT_RATE_LIMIT_BURST="0")
+                   HEARTBEAT_RATE_LIMIT_BURST="0",
+                   # The fleet token speaks for the prefilled servers, as before enrolment
+                   # existed: a beat is measured, not a token issued with every answer.
+                   HEARTBEAT_ENROLMENT="false")
         env.update(self.settings)
         self._start([sys.executable, "-m", "bridge", "serve"], env=env, cwd=self.source,
                     ready_path="/readyz")

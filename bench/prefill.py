@@ -15,6 +15,8 @@ def main(database_url, n):
     defaults = dict.fromkeys(ALL_COLUMNS)
     defaults.update(labels="{}", declared_interval=30.0, last_seen=now, beats_total=1, paused=0,
                     created_at=now, hostname="bench", agent_version="bench", seq=1)
+    if "token_confirmed" in defaults:  # NOT NULL since schema 3; older sources lack it
+        defaults["token_confirmed"] = 0
     rows = (tuple(dict(defaults, server_id=f"srv-{i}")[c] for c in ALL_COLUMNS)
             for i in range(n))
     store = open_store(database_url, pool_size=1)
