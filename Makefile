@@ -61,7 +61,13 @@ postgres:
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start || true; \
 	fi
 
+## make lint: ruff (style, import order) and mypy (types), as configured in pyproject.toml.
+lint: install-test
+	$(BIN)/ruff check
+	$(BIN)/mypy
+
 test: install-test deb-deps postgres
+	$(MAKE) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install-bench deb-deps postgres
