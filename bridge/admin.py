@@ -4,8 +4,15 @@ Each function validates raw input (as it comes from JSON or the command line), m
 one store call and returns the result; errors are InvalidInputError or the store's.
 """
 from bridge.auth import hash_token, new_token
-from bridge.validate import (InvalidInputError, check_interval, check_labels, check_server_id,
-                             check_text, check_until, parse_duration)
+from bridge.validate import (
+    InvalidInputError,
+    check_interval,
+    check_labels,
+    check_server_id,
+    check_text,
+    check_until,
+    parse_duration,
+)
 
 MAX_REASON = 256
 

@@ -18,8 +18,14 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OM_TYPE
 from prometheus_client.utils import floatToGoString
 
-from bridge.collector import (AGENT_INFO, MAINTENANCE_INFO, PER_SERVER, SAMPLE_SUFFIX,
-                              bridge_families, maintenance_labels)
+from bridge.collector import (
+    AGENT_INFO,
+    MAINTENANCE_INFO,
+    PER_SERVER,
+    SAMPLE_SUFFIX,
+    bridge_families,
+    maintenance_labels,
+)
 
 OPENMETRICS = OM_TYPE.split(";")[0]
 _EOF = b"# EOF\n"

@@ -71,8 +71,8 @@ def check_interval(value, field="interval"):
     if value is None:
         raise InvalidInputError("invalid_field", f"{field} must be a number of seconds", 422)
     if not MIN_INTERVAL <= value <= MAX_INTERVAL:
-        raise InvalidInputError(
-            "invalid_field", f"{field} must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} s", 422)
+        raise InvalidInputError("invalid_field", f"{field} must be between {MIN_INTERVAL:g} "
+                                f"and {MAX_INTERVAL:g} s", 422)
     return float(value)
 
 

@@ -689,7 +689,7 @@ def test_the_agent_beats_a_real_bridge_and_shows_up_in_metrics(conf, tmp_path):
     proc = None
     try:
         proc = start_agent(conf, HEARTBEAT_URL=bridge.url, HEARTBEAT_SERVER_ID="agent-e2e")
-        series = f'heartbeat_beats_total{{server_id="agent-e2e"}}'
+        series = 'heartbeat_beats_total{server_id="agent-e2e"}'
 
         def beats():
             for line in bridge.metrics().splitlines():

@@ -11,8 +11,16 @@ import time
 import pytest
 
 from agent import heartbeat_agent as ha
-from tests.test_agent import (AGENT, TOKEN, BeatServer, FakeTime, agent_env, start_agent,
-                              stamped, stop_agent)
+from tests.test_agent import (
+    AGENT,
+    TOKEN,
+    BeatServer,
+    FakeTime,
+    agent_env,
+    stamped,
+    start_agent,
+    stop_agent,
+)
 from tests.test_metrics import sample_map, value
 from tests.tools import Bridge, Process, free_port, wait_until
 

@@ -1,4 +1,5 @@
-"""The Grafana dashboard: its structure, and every query run by a real Prometheus on a real bridge."""
+"""The Grafana dashboard: its structure, and every query run by a real Prometheus on a real
+bridge."""
 import json
 import re
 import threading
@@ -8,7 +9,13 @@ import pytest
 import requests
 import yaml
 
-from bridge.collector import AGENT_INFO, MAINTENANCE_INFO, PER_SERVER, SAMPLE_SUFFIX, bridge_families
+from bridge.collector import (
+    AGENT_INFO,
+    MAINTENANCE_INFO,
+    PER_SERVER,
+    SAMPLE_SUFFIX,
+    bridge_families,
+)
 from bridge.store import Snapshot
 from tests.tools import ROOT, Bridge, Process, free_port, require_binary, wait_http, wait_until
 
@@ -138,7 +145,8 @@ def test_every_panel_honours_every_variable():
                 assert team in matchers and server in matchers, where
                 assert not whole_bridge, where
             elif name == "ALERTS":
-                assert (team in matchers and server in matchers) or 'server_id=""' in matchers, where
+                assert ((team in matchers and server in matchers)
+                        or 'server_id=""' in matchers), where
             else:
                 assert name in BRIDGE_SERIES, f"{where}: a series of unknown kind"
                 assert whole_bridge, f"{where}: not filtered, and the panel does not say why"
@@ -151,7 +159,8 @@ def test_every_panel_honours_every_variable():
     for index, variable in enumerate(variables):
         for earlier in variables[:index]:
             if variable["type"] == "query" and earlier["type"] == "query":
-                assert f'{earlier["name"]}=~"${earlier["name"]}"' in variable["query"], variable["name"]
+                name = earlier["name"]
+                assert f'{name}=~"${name}"' in variable["query"], variable["name"]
 
 
 def test_panel_ids_are_unique_and_the_grid_has_no_overlaps():
@@ -331,8 +340,9 @@ def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
         wait_until(lambda: counts() == expected, timeout=40, interval=0.5, what="fleet counts")
     except AssertionError:
         raise AssertionError(f"counts {counts()} != {expected}")
-    states = {row["metric"]["server_id"]: float(row["value"][1]) for row in prometheus.query(
-        substitute(next(p for p in panels() if p["title"] == "Server state")["targets"][0]["expr"]))}
+    state_panel = next(p for p in panels() if p["title"] == "Server state")
+    states = {row["metric"]["server_id"]: float(row["value"][1])
+              for row in prometheus.query(substitute(state_panel["targets"][0]["expr"]))}
     assert states == {"web-1": 0, "db-1": 0, "gone-1": 2, "maint-1": 3, "never-1": 4,
                       "away-1": 5, "old-1": 6}
     # Silence is measured at the scrape: a server beating every second reads under 2 s.

@@ -10,8 +10,8 @@ import os
 import pytest
 import requests
 import schemathesis
-from schemathesis.config import SchemathesisConfig
 from hypothesis import HealthCheck, Phase, settings
+from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN

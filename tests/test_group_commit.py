@@ -6,8 +6,13 @@ from contextlib import contextmanager
 
 import pytest
 
-from bridge.store import (BeatPolicy, RateLimitedError, StoreUnavailableError,
-                          UnknownServerError, open_store)
+from bridge.store import (
+    BeatPolicy,
+    RateLimitedError,
+    StoreUnavailableError,
+    UnknownServerError,
+    open_store,
+)
 from bridge.validate import Beat
 from bridge.writer import GroupWriter
 

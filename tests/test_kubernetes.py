@@ -16,8 +16,7 @@ import pytest
 import requests
 import yaml
 
-from tests.tools import (IN_CI, ROOT, Bridge, GiveUp, Process, free_port, require_binary,
-                         wait_until)
+from tests.tools import IN_CI, ROOT, Bridge, GiveUp, Process, free_port, require_binary, wait_until
 
 KUBE = ROOT / "deploy" / "kubernetes"
 README = KUBE / "README.md"

@@ -10,9 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bridge.store import (SCHEMA_VERSION, BeatPolicy, RateLimitedError, ServerExistsError,
-                          ServerLimitError,
-                          StoreError, StoreUnavailableError, open_store)
+from bridge.store import (
+    SCHEMA_VERSION,
+    BeatPolicy,
+    RateLimitedError,
+    ServerExistsError,
+    ServerLimitError,
+    StoreError,
+    StoreUnavailableError,
+    open_store,
+)
 from bridge.validate import parse_beat
 from tests.conftest import _postgres_schema_url
 

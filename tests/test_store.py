@@ -1,8 +1,15 @@
 """Store semantics, the same on SQLite and PostgreSQL."""
 import pytest
 
-from bridge.store import (BeatPolicy, RateLimitedError, ServerExistsError, ServerLimitError,
-                          UnknownServerError, open_store, rate_limit)
+from bridge.store import (
+    BeatPolicy,
+    RateLimitedError,
+    ServerExistsError,
+    ServerLimitError,
+    UnknownServerError,
+    open_store,
+    rate_limit,
+)
 from bridge.validate import Beat
 
 POLICY = BeatPolicy()

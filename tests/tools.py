@@ -55,7 +55,8 @@ def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} "
+                         f"(last error: {last_error!r})")
 
 
 def wait_http(url, timeout=15.0, status=200):

@@ -7,9 +7,21 @@ import json
 import time
 from contextlib import contextmanager
 
-from bridge.store import (SCHEMA_VERSION, BeatPolicy, Credentials, IntervalTooLongError,
-                          OperatorPausedError, RateLimitedError, Server, ServerExistsError,
-                          ServerLimitError, Snapshot, StoreError, UnknownServerError, rate_limit)
+from bridge.store import (
+    SCHEMA_VERSION,
+    BeatPolicy,
+    Credentials,
+    IntervalTooLongError,
+    OperatorPausedError,
+    RateLimitedError,
+    Server,
+    ServerExistsError,
+    ServerLimitError,
+    Snapshot,
+    StoreError,
+    UnknownServerError,
+    rate_limit,
+)
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -57,7 +69,8 @@ ALL_COLUMNS = ("server_id", "labels", "registered_interval", "declared_interval"
                "token_confirmed", "paused_by", "retired_by")
 _SERVER_SELECT = ("SELECT server_id, labels, registered_interval, declared_interval, last_seen, "
                   "beats_total, paused, paused_until, pause_reason, created_at, hostname, "
-                  "agent_version, boot_time, clock_skew, seq, token_hash, expected_back, retired_at, "
+                  "agent_version, boot_time, clock_skew, seq, token_hash, expected_back, "
+                  "retired_at, "
                   "token_confirmed, paused_by, retired_by FROM servers")
 # What a beat needs of its server's row, locked until the beat commits.
 _BEAT_ROW = "SELECT registered_interval, declared_interval, rl_tat FROM servers WHERE server_id = ?"
@@ -152,7 +165,8 @@ class SQLStore:
         with self._transaction(write=True) as cur:
             for reason, n in sorted(counts.items()):
                 cur.execute("INSERT INTO rejections (reason, count) VALUES (?, ?) "
-                            "ON CONFLICT (reason) DO UPDATE SET count = rejections.count + excluded.count",
+                            "ON CONFLICT (reason) DO UPDATE SET "
+                            "count = rejections.count + excluded.count",
                             (reason, n))
 
     # -- reads ---------------------------------------------------------------------------
@@ -174,7 +188,7 @@ class SQLStore:
 
         Those are the retired, paused, away and never seen servers, and those silent for
         more than `silent_intervals` of their interval less a second: a superset, scanned
-        in the database, that leaves out the settled majority of a large fleet.
+        in the database, that leaves out the settled majority of a large fleet. Unordered.
         """
         interval = ("COALESCE(CASE WHEN registered_interval <> 0 THEN registered_interval END, "
                     "CASE WHEN declared_interval <> 0 THEN declared_interval END, ?)")
@@ -182,8 +196,8 @@ class SQLStore:
             (count,) = _one(cur, "SELECT COUNT(*) FROM servers")
             cur.execute(_SERVER_SELECT + " WHERE retired_at IS NOT NULL OR paused <> 0 "
                         "OR expected_back IS NOT NULL OR last_seen = 0 OR CASE WHEN "
-                        f"last_seen > ? - ? * {interval} + 1 THEN 0 ELSE 1 END = 1 "
-                        "ORDER BY server_id", (now, silent_intervals, default_interval))
+                        f"last_seen > ? - ? * {interval} + 1 THEN 0 ELSE 1 END = 1",
+                        (now, silent_intervals, default_interval))
             rows = cur.fetchall()
         labels_cache = {}
         return count, [_server(r, labels_cache) for r in rows]
