@@ -253,6 +253,8 @@ def main(argv=None):
     p.add_argument("--viewers", type=int, default=10)
     p.add_argument("--duration", type=float, default=20.0, help="seconds per phase (20)")
     p.add_argument("--bridge", default="HEAD", help="git revision of bridge/, or 'worktree'")
+    p.add_argument("--max-age", type=float, default=10.0,
+                   help="HEARTBEAT_STATUS_MAX_AGE of the bridge (its default, 10)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if not Path(CHROMIUM).exists() or not Path(wrk.WRK).exists():
@@ -260,7 +262,8 @@ def main(argv=None):
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-status-") as workdir:
         source, described = bridge_source(args.bridge, workdir)
-        peer = BridgePeer(workdir, source=source, settings={"HEARTBEAT_STATUS_PUBLIC": "true"})
+        peer = BridgePeer(workdir, source=source, settings={
+            "HEARTBEAT_STATUS_PUBLIC": "true", "HEARTBEAT_STATUS_MAX_AGE": str(args.max_age)})
         started = time.monotonic()
         out = subprocess.run(
             [sys.executable, "-c", "import sys; from bench.status_page import seed; "
@@ -270,7 +273,7 @@ def main(argv=None):
         up, seeded_s = int(out.split()[-1]), time.monotonic() - started
         peer.start()
         try:
-            max_age = float(os.environ.get("HEARTBEAT_STATUS_MAX_AGE", 5))
+            max_age = args.max_age
             api = requests.get(f"{peer.url}/api/status?{PAGE_VIEW}", timeout=30)
             body = api.json()
             phases = []
@@ -310,7 +313,8 @@ def report(args, described, load_before, load_after, seeded_s, body, size, phase
         f"# Status page at {args.servers:,} servers "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"Bridge: {described}. `python -m bench.status_page --servers {args.servers}`.",
+        f"Bridge: {described}. `python -m bench.status_page --servers {args.servers} "
+        f"--max-age {args.max_age:g}` (HEARTBEAT_STATUS_MAX_AGE).",
         f"Machine: {os.cpu_count()} CPUs, shared with other work; load average {load_before}"
         f" before, {load_after} after. Figures move by tens of percent between runs.",
         f"Fleet seeded into SQLite in {seeded_s:.0f} s; counts at start: "

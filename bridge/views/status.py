@@ -11,10 +11,20 @@ import hmac
 from flask import Blueprint, current_app, render_template, request
 
 from bridge.auth import hash_token
-from bridge.status import (DOWN_AFTER, HAYSTACK, LATE_AFTER, STATE_NAMES, STATES, fleet_snapshot,
-                           problem_snapshot, row_json, strict_json, thresholds)
+from bridge.status import (
+    DOWN_AFTER,
+    HAYSTACK,
+    LATE_AFTER,
+    STATE_NAMES,
+    STATES,
+    fleet_snapshot,
+    problem_snapshot,
+    row_json,
+    strict_json,
+    thresholds,
+)
 from bridge.status_cache import SnapshotCache
-from bridge.status_query import parse_query, pages, select
+from bridge.status_query import pages, parse_query, select
 from bridge.validate import InvalidInputError
 from bridge.views import error, state
 
