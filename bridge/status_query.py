@@ -15,8 +15,17 @@ import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from bridge.status import (HAYSTACK, LABELS, LAST_SEEN, PROBLEM_STATES, RANK, SERVER_ID, STATE,
-                           STATES, status_row)
+from bridge.status import (
+    HAYSTACK,
+    LABELS,
+    LAST_SEEN,
+    PROBLEM_STATES,
+    RANK,
+    SERVER_ID,
+    STATE,
+    STATES,
+    status_row,
+)
 from bridge.validate import InvalidInputError
 
 _ONE_STATE = "(?:" + "|".join(STATES) + ")"
