@@ -29,15 +29,31 @@ def register(store, settings, server_id, interval=None, labels=None, with_token=
     return server, token
 
 
+def update(store, server_id, **changes):
+    """Replace the labels and/or the interval given (keys 'labels', 'interval') in one store
+    call. An unknown server is a 404 even when the fields are invalid too."""
+    check_server_id(server_id)
+    try:
+        fields = {}
+        if "labels" in changes:
+            fields["labels"] = check_labels(changes["labels"])
+        if "interval" in changes:
+            interval = changes["interval"]
+            fields["interval"] = None if interval is None else check_interval(interval)
+    except InvalidInputError:
+        store.get(server_id)  # UnknownServerError first
+        raise
+    return store.update(server_id, **fields)
+
+
 def relabel(store, server_id, labels):
     """Replace a server's operator labels."""
-    return store.update(check_server_id(server_id), labels=check_labels(labels))
+    return update(store, server_id, labels=labels)
 
 
 def set_interval(store, server_id, interval):
     """Pin the interval (None: follow what the agent declares)."""
-    return store.update(check_server_id(server_id),
-                        interval=None if interval is None else check_interval(interval))
+    return update(store, server_id, interval=interval)
 
 
 def pause(store, server_id, duration=None, until=None, reason=None):

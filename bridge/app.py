@@ -11,7 +11,7 @@ from bridge import __version__, http_metrics
 from bridge.auth import Authenticator
 from bridge.config import Settings
 from bridge.rejections import RejectionCounter
-from bridge.store import BeatPolicy, open_store
+from bridge.store import BeatPolicy, Store, open_store
 from bridge.views import admin, errors, health, openapi, status
 from bridge.views.beat import PREFIX as BEAT_PREFIX
 from bridge.views.beat import BeatEndpoint
@@ -26,7 +26,7 @@ class BridgeState:
     """What the views need, built once per app (per worker process)."""
 
     settings: Settings
-    store: object
+    store: Store
     auth: Authenticator
     rejections: RejectionCounter
     policy: BeatPolicy

@@ -10,8 +10,9 @@ import tempfile
 
 from bridge import __version__, admin
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
+from bridge.errors import BridgeError
 from bridge.remote import RemoteError
-from bridge.store import ServerExistsError, ServerLimitError, StoreError, UnknownServerError
+from bridge.store import Store
 from bridge.validate import InvalidInputError
 
 GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
@@ -29,22 +30,16 @@ def main(argv=None):
             settings = _with(settings, database_url=args.database_url, url="")
         settings = _remote(args, settings)
         return args.func(args, settings) or 0
-    except tuple(_FAILURES) as exc:
-        code, message = next(v for k, v in _FAILURES.items() if isinstance(exc, k))
-        print(f"heartbeat-bridge: {message(exc)}", file=sys.stderr)
-        return code
+    except (ConfigError, RemoteError) as exc:
+        return _fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
+    except BridgeError as exc:  # the store's and the validators' errors: their own words
+        return _fail(str(exc), exc.exit_code)
 
 
-# What ends a command early: exit code and the one line printed.
-_FAILURES = {
-    ConfigError: (2, str),
-    InvalidInputError: (2, lambda exc: exc.message),
-    UnknownServerError: (1, lambda exc: f"no server {exc.args[0]!r}"),
-    ServerExistsError: (1, lambda exc: f"server {exc.args[0]!r} is registered already"),
-    ServerLimitError: (1, str),
-    StoreError: (1, str),
-    RemoteError: (1, str),
-}
+def _fail(line: str, code: int) -> int:
+    """What ends a command early: one line on stderr, and the exit code."""
+    print(f"heartbeat-bridge: {line}", file=sys.stderr)
+    return code
 
 
 def _with(settings, **changes):
@@ -54,7 +49,7 @@ def _with(settings, **changes):
     return replace(settings, **changes)
 
 
-def _store(settings):
+def _store(settings: Settings) -> Store:
     from bridge.store import open_store
     return open_store(settings.database_url, pool_size=1)
 

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 
 from bridge.config import MAX_INTERVAL, MIN_INTERVAL
+from bridge.errors import BridgeError
 
 MAX_BODY_BYTES = 4096
 MAX_LABELS = 16
@@ -21,14 +22,14 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class InvalidInputError(ValueError):
+class InvalidInputError(BridgeError, ValueError):
     """Input that the bridge refuses; `reason` is one of the bounded rejection reasons."""
 
-    def __init__(self, reason, message, status=400):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.status = status
+    status = 400
+    exit_code = 2
+
+    def __init__(self, reason: str, message: str, status: int = 400) -> None:
+        super().__init__(message, message=message, reason=reason, status=status)
 
 
 @dataclass(frozen=True)

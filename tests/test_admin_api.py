@@ -89,6 +89,8 @@ def test_token_rotation_with_a_grace_period(client, clock):
      "invalid_field"),
     ("post", "/api/servers", {"server_id": "known"}, 409, "server_exists"),
     ("patch", "/api/servers/ghost", {"labels": {}}, 404, "unknown_server"),
+    ("patch", "/api/servers/ghost", {"labels": {"instance": "x"}}, 404, "unknown_server"),
+    ("patch", "/api/servers/known", {"labels": {}, "interval": 0}, 422, "invalid_field"),
     ("patch", "/api/servers/known", {"labels": {"instance": "x"}}, 422, "invalid_field"),
     ("post", "/api/servers/known/pause", {"for": "soon"}, 422, "invalid_field"),
     ("post", "/api/servers/known/pause", {"for": "1h", "until": 5}, 422, "invalid_field"),
@@ -117,6 +119,15 @@ def test_a_non_json_admin_body_is_refused(client):
     response = client.post("/api/servers", headers=ADMIN, data="{broken",
                            content_type="application/json")
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize("body", ["[" * 20000, '{"labels": ' + "[" * 20000, "[1]", '"x"'])
+def test_an_admin_body_that_is_not_a_json_object_is_a_400_however_deep(client, store, body):
+    store.register("known")
+    response = client.patch("/api/servers/known", headers=ADMIN, data=body,
+                            content_type="application/json")
+    assert (response.status_code, response.get_json()["error"]) == (400, "invalid_json")
+    assert store.get("known").labels == {}
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-admin-token"},

@@ -6,10 +6,13 @@ backends share one schema and one implementation of every operation.
 import json
 import time
 from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from bridge.store import (
     SCHEMA_VERSION,
+    UNSET,
     BeatPolicy,
+    Clock,
     Credentials,
     IntervalTooLongError,
     OperatorPausedError,
@@ -22,6 +25,7 @@ from bridge.store import (
     UnknownServerError,
     rate_limit,
 )
+from bridge.validate import Beat
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -74,28 +78,31 @@ _SERVER_SELECT = ("SELECT server_id, labels, registered_interval, declared_inter
                   "token_confirmed, paused_by, retired_by FROM servers")
 # What a beat needs of its server's row, locked until the beat commits.
 _BEAT_ROW = "SELECT registered_interval, declared_interval, rl_tat FROM servers WHERE server_id = ?"
-_UNSET = object()
 
 
 class SQLStore:
-    """Store operations over a DB-API connection; subclasses provide _transaction()."""
+    """Store operations over a DB-API connection; subclasses provide _transaction().
+
+    The Store Protocol's contracts (bridge.store) are kept here, for both backends."""
 
     for_update = ""  # row lock clause for read-modify-write (PostgreSQL: " FOR UPDATE")
 
-    def __init__(self, clock=time.time):
+    where = "the database"  # backends say more: a path, a host and database
+
+    def __init__(self, clock: Clock = time.time) -> None:
         self.clock = clock
 
     # -- backend hooks -------------------------------------------------------------------
     @contextmanager
-    def _transaction(self, write):
+    def _transaction(self, write: bool) -> Iterator[Any]:
         """Yield a cursor inside one transaction (committed on success, rolled back on error)."""
         raise NotImplementedError
 
-    def _lock(self, cur, name):
+    def _lock(self, cur: Any, name: str) -> None:
         """Serialize writers that must not race across processes (schema, registration)."""
 
     # -- schema --------------------------------------------------------------------------
-    def create_schema(self):
+    def create_schema(self) -> None:
         """Create or upgrade tables; safe when several workers or replicas start at once."""
         with self._transaction(write=True) as cur:
             self._lock(cur, "schema")
@@ -114,24 +121,25 @@ class SQLStore:
                 cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                             (str(target),))
 
-    def schema_version(self):
+    def schema_version(self) -> int:
         with self._transaction(write=False) as cur:
             return int(_one(cur, "SELECT value FROM meta WHERE key = 'schema_version'")[0])
 
-    def ping(self):
+    def ping(self) -> None:
         """Raise StoreUnavailableError unless the database answers."""
         with self._transaction(write=False) as cur:
             cur.execute("SELECT 1")
 
     # -- beats ---------------------------------------------------------------------------
-    def record_beat(self, server_id, beat, policy):
+    def record_beat(self, server_id: str, beat: Beat, policy: BeatPolicy
+                    ) -> Tuple[float, float]:
         """Commit one accepted beat; return (received_at, interval). Safe concurrently."""
         now = self.clock()
         with self._transaction(write=True) as cur:
             row = _one(cur, _BEAT_ROW + self.for_update, (server_id,))
             if row is None:
                 if not policy.auto_register:
-                    raise UnknownServerError(server_id)
+                    raise UnknownServerError(server_id, _NOT_REGISTERED)
                 # Another replica may register it between that look and the lock: then its
                 # row (interval, rate-limit state) is the one this beat must use.
                 self._lock(cur, "register")
@@ -158,7 +166,7 @@ class SQLStore:
                  skew, beat.seq, server_id))
         return now, interval
 
-    def add_rejections(self, counts):
+    def add_rejections(self, counts: Mapping[str, int]) -> None:
         """Add {reason: n} to the shared rejection counters."""
         if not counts:
             return
@@ -170,20 +178,21 @@ class SQLStore:
                             (reason, n))
 
     # -- reads ---------------------------------------------------------------------------
-    def snapshot(self):
+    def snapshot(self) -> Snapshot:
         """All servers and counters, from one transaction."""
         with self._transaction(write=False) as cur:
             cur.execute(_SERVER_SELECT + " ORDER BY server_id")
             rows = cur.fetchall()
             cur.execute("SELECT reason, count FROM rejections")
             rejected = dict(cur.fetchall())
-        labels_cache = {}
+        labels_cache: Dict[str, Dict[str, str]] = {}
         return Snapshot([_server(r, labels_cache) for r in rows], rejected, self.clock())
 
-    def list(self):
+    def list(self) -> List[Server]:
         return self.snapshot().servers
 
-    def list_unsettled(self, now, silent_intervals, default_interval):
+    def list_unsettled(self, now: float, silent_intervals: float, default_interval: float
+                       ) -> Tuple[int, List[Server]]:
         """(count of all servers, the Servers that may not be up at `now`), from one read.
 
         Those are the retired, paused, away and never seen servers, and those silent for
@@ -199,17 +208,17 @@ class SQLStore:
                         f"last_seen > ? - ? * {interval} + 1 THEN 0 ELSE 1 END = 1",
                         (now, silent_intervals, default_interval))
             rows = cur.fetchall()
-        labels_cache = {}
+        labels_cache: Dict[str, Dict[str, str]] = {}
         return count, [_server(r, labels_cache) for r in rows]
 
-    def get(self, server_id):
+    def get(self, server_id: str) -> Server:
         with self._transaction(write=False) as cur:
             row = _one(cur, _SERVER_SELECT + " WHERE server_id = ?", (server_id,))
         if row is None:
             raise UnknownServerError(server_id)
         return _server(row, {})
 
-    def credentials(self, server_id):
+    def credentials(self, server_id: str) -> Credentials:
         """The per-server token hashes valid now (current, and the previous during a rotation)
         and whether the current one is confirmed; no hashes for an unknown server."""
         with self._transaction(write=False) as cur:
@@ -224,50 +233,53 @@ class SQLStore:
         # the current token comes first: confirming is for it, never for the previous one
         return Credentials(valid, bool(current and confirmed))
 
-    def token_hashes(self, server_id):
+    def token_hashes(self, server_id: str) -> List[str]:
         """The per-server token hashes valid now."""
         return self.credentials(server_id).hashes
 
     # -- lifecycle -----------------------------------------------------------------------
-    def register(self, server_id, interval=None, labels=None, token_hash=None,
-                 max_servers=100000):
+    def register(self, server_id: str, interval: Optional[float] = None,
+                 labels: Optional[Dict[str, str]] = None, token_hash: Optional[str] = None,
+                 max_servers: int = 100000) -> Server:
         """Add a server that has never beaten; raise ServerExistsError if it is known."""
         now = self.clock()
         with self._transaction(write=True) as cur:
             self._lock(cur, "register")  # before the check: a racing replica's insert is seen
             if _one(cur, "SELECT 1 FROM servers WHERE server_id = ?", (server_id,)):
                 raise ServerExistsError(server_id)
-            self._insert_locked(cur, server_id, now, max_servers)
+            self._insert_locked(cur, server_id, now, max_servers, explain=True)
             cur.execute("UPDATE servers SET registered_interval = ?, labels = ?, token_hash = ? "
                         "WHERE server_id = ?",
                         (interval, _dump_labels(labels or {}), token_hash, server_id))
         return self.get(server_id)
 
-    def update(self, server_id, labels=_UNSET, interval=_UNSET):
+    def update(self, server_id: str, labels: Dict[str, str] = UNSET,
+               interval: Optional[float] = UNSET) -> Server:
         """Replace a server's operator labels and/or registered interval (None: agent's)."""
-        sets, params = [], []
-        if labels is not _UNSET:
+        sets: List[str] = []
+        params: List[Any] = []
+        if labels is not UNSET:
             sets.append("labels = ?")
             params.append(_dump_labels(labels))
-        if interval is not _UNSET:
+        if interval is not UNSET:
             sets.append("registered_interval = ?")
             params.append(interval)
-        if sets:
-            self._update(server_id, ", ".join(sets), params)
-        return self.get(server_id)
+        if not sets:
+            return self.get(server_id)
+        return self._update(server_id, ", ".join(sets), params)
 
-    def pause(self, server_id, until=None, reason=None):
+    def pause(self, server_id: str, until: Optional[float] = None,
+              reason: Optional[str] = None) -> Server:
         """An operator pauses alerting, until a Unix time or (until=None) until resumed."""
-        self._update(server_id, "paused = 1, paused_until = ?, pause_reason = ?, "
-                                "paused_by = 'operator'", [until, reason])
-        return self.get(server_id)
+        return self._update(server_id, "paused = 1, paused_until = ?, pause_reason = ?, "
+                                       "paused_by = 'operator'", [until, reason])
 
-    def resume(self, server_id):
+    def resume(self, server_id: str) -> Server:
         """An operator ends any pause."""
-        self._update(server_id, _RESUME, [])
-        return self.get(server_id)
+        return self._update(server_id, _RESUME, [])
 
-    def host_pause(self, server_id, until, reason, policy):
+    def host_pause(self, server_id: str, until: float, reason: Optional[str],
+                   policy: BeatPolicy) -> Server:
         """A host's maintenance until `until`; raises OperatorPausedError while an operator's
         pause holds, RateLimitedError past the server's rate limit (shared with beats)."""
         with self._transaction(write=True) as cur:
@@ -276,14 +288,15 @@ class SQLStore:
                         "paused_by = 'host' WHERE server_id = ?", (until, reason, server_id))
         return self.get(server_id)
 
-    def host_resume(self, server_id, policy):
+    def host_resume(self, server_id: str, policy: BeatPolicy) -> Server:
         """A host ends its own maintenance; never an operator's pause (OperatorPausedError)."""
         with self._transaction(write=True) as cur:
             self._host_row(cur, server_id, policy, refuse_if_operator_paused=True)
             cur.execute(f"UPDATE servers SET {_RESUME} WHERE server_id = ?", (server_id,))
         return self.get(server_id)
 
-    def goodbye(self, server_id, back_within, retire=False, policy=None):
+    def goodbye(self, server_id: str, back_within: float, retire: bool = False,
+                policy: Optional[BeatPolicy] = None) -> float:
         """A host's clean stop: alive now, back within `back_within` s (or retired by itself).
         Charged to the rate limit beats use; an operator's retirement stays as it is."""
         now = self.clock()
@@ -297,14 +310,13 @@ class SQLStore:
                          "host" if retire else None, server_id))
         return now + back_within
 
-    def set_retired(self, server_id, retired):
+    def set_retired(self, server_id: str, retired: bool) -> Server:
         """An operator retires a server (no alerts, forgotten later; a host cannot undo it)
         or brings it back."""
-        self._update(server_id, "retired_at = ?, retired_by = ?",
-                     [self.clock(), "operator"] if retired else [None, None])
-        return self.get(server_id)
+        return self._update(server_id, "retired_at = ?, retired_by = ?",
+                            [self.clock(), "operator"] if retired else [None, None])
 
-    def retire_silent(self, silent_for):
+    def retire_silent(self, silent_for: float) -> int:
         """Retire servers not heard from for `silent_for` seconds; count them."""
         now = self.clock()
         with self._transaction(write=True) as cur:
@@ -314,40 +326,39 @@ class SQLStore:
                         (now, now - silent_for))
             return cur.rowcount
 
-    def forget_retired(self, retired_for):
+    def forget_retired(self, retired_for: float) -> int:
         """Remove servers retired more than `retired_for` seconds ago; count them."""
         with self._transaction(write=True) as cur:
             cur.execute("DELETE FROM servers WHERE retired_at < ?", (self.clock() - retired_for,))
             return cur.rowcount
 
-    def set_token(self, server_id, token_hash, keep_previous_for=0.0, confirmed=True):
+    def set_token(self, server_id: str, token_hash: Optional[str],
+                  keep_previous_for: float = 0.0, confirmed: bool = True) -> Server:
         """Set (or with None, revoke and so re-open enrolment) a server's token; the old one
         may stay valid a while. An operator's token is confirmed; one issued on enrolment is
         not, until its first use (confirm_token)."""
-        confirmed = 1 if confirmed and token_hash else 0
+        flag = 1 if confirmed and token_hash else 0
         if keep_previous_for:
-            self._update(server_id, "prev_token_hash = token_hash, prev_token_until = ?, "
-                                    "token_hash = ?, token_confirmed = ?",
-                         [self.clock() + keep_previous_for, token_hash, confirmed])
-        else:
-            self._update(server_id, "prev_token_hash = NULL, prev_token_until = NULL, "
-                                    "token_hash = ?, token_confirmed = ?", [token_hash, confirmed])
-        return self.get(server_id)
+            return self._update(server_id, "prev_token_hash = token_hash, prev_token_until = ?, "
+                                           "token_hash = ?, token_confirmed = ?",
+                                [self.clock() + keep_previous_for, token_hash, flag])
+        return self._update(server_id, "prev_token_hash = NULL, prev_token_until = NULL, "
+                                       "token_hash = ?, token_confirmed = ?", [token_hash, flag])
 
-    def confirm_token(self, server_id, token_hash):
+    def confirm_token(self, server_id: str, token_hash: str) -> None:
         """Mark the server's current token confirmed if it is `token_hash`; from then on the
         fleet token no longer speaks for the server."""
         with self._transaction(write=True) as cur:
             cur.execute("UPDATE servers SET token_confirmed = 1 WHERE server_id = ? AND "
                         "token_hash = ?", (server_id, token_hash))
 
-    def remove(self, server_id):
+    def remove(self, server_id: str) -> None:
         with self._transaction(write=True) as cur:
             cur.execute("DELETE FROM servers WHERE server_id = ?", (server_id,))
             if cur.rowcount == 0:
                 raise UnknownServerError(server_id)
 
-    def forget_silent(self, silent_for):
+    def forget_silent(self, silent_for: float) -> int:
         """Remove servers not heard from (nor registered) for `silent_for` seconds; count them."""
         cutoff = self.clock() - silent_for
         with self._transaction(write=True) as cur:
@@ -356,7 +367,7 @@ class SQLStore:
             return cur.rowcount
 
     # -- moving state between stores -----------------------------------------------------
-    def export_rows(self):
+    def export_rows(self) -> Tuple[List[Sequence[Any]], Dict[str, int]]:
         """Every server row as a tuple in ALL_COLUMNS order, and the rejection counters."""
         with self._transaction(write=False) as cur:
             cur.execute(f"SELECT {', '.join(ALL_COLUMNS)} FROM servers ORDER BY server_id")
@@ -364,7 +375,7 @@ class SQLStore:
             cur.execute("SELECT reason, count FROM rejections")
             return rows, dict(cur.fetchall())
 
-    def import_rows(self, rows, rejected):
+    def import_rows(self, rows: Sequence[Sequence[Any]], rejected: Mapping[str, int]) -> None:
         """Insert or overwrite servers from export_rows(); counters are added."""
         placeholders = ", ".join("?" for _ in ALL_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in ALL_COLUMNS[1:])
@@ -376,14 +387,18 @@ class SQLStore:
         self.add_rejections(rejected)
 
     # -- helpers -------------------------------------------------------------------------
-    def _insert_locked(self, cur, server_id, now, max_servers):
-        """Insert a server known to be absent, under the registration lock, within the cap."""
+    def _insert_locked(self, cur: Any, server_id: str, now: float, max_servers: int,
+                       explain: bool = False) -> None:
+        """Insert a server known to be absent, under the registration lock, within the cap.
+        `explain`: an operator registering is told the counts; an agent, only the limit."""
         (count,) = _one(cur, "SELECT COUNT(*) FROM servers")
         if count >= max_servers:
-            raise ServerLimitError(f"{count} servers registered, limit {max_servers}")
+            detail = f"{count} servers registered, limit {max_servers}"
+            raise ServerLimitError(detail, message=detail if explain else None)
         cur.execute("INSERT INTO servers (server_id, created_at) VALUES (?, ?)", (server_id, now))
 
-    def _host_row(self, cur, server_id, policy, refuse_if_operator_paused=False):
+    def _host_row(self, cur: Any, server_id: str, policy: BeatPolicy,
+                  refuse_if_operator_paused: bool = False) -> None:
         """Lock a server's row for a host's goodbye or maintenance and charge it to the
         server's one rate limit, the beats' own."""
         now = self.clock()
@@ -391,7 +406,7 @@ class SQLStore:
                         "paused_until, paused_by FROM servers WHERE server_id = ?"
                    + self.for_update, (server_id,))
         if row is None:
-            raise UnknownServerError(server_id)
+            raise UnknownServerError(server_id, _NOT_REGISTERED)
         registered, declared, tat, paused, paused_until, paused_by = row
         if refuse_if_operator_paused and paused and paused_by == "operator" and (
                 paused_until is None or paused_until > now):
@@ -402,14 +417,19 @@ class SQLStore:
             raise RateLimitedError(retry_after)
         cur.execute("UPDATE servers SET rl_tat = ? WHERE server_id = ?", (tat, server_id))
 
-    def _update(self, server_id, assignments, params):
+    def _update(self, server_id: str, assignments: str, params: List[Any]) -> Server:
+        """Change one server's row and read it back, in one transaction."""
         with self._transaction(write=True) as cur:
             cur.execute(f"UPDATE servers SET {assignments} WHERE server_id = ?",
                         (*params, server_id))
             if cur.rowcount == 0:
                 raise UnknownServerError(server_id)
+            row = _one(cur, _SERVER_SELECT + " WHERE server_id = ?", (server_id,))
+        return _server(row, {})
 
 
+# What the beat path says of an unknown server (a beat, goodbye or maintenance).
+_NOT_REGISTERED = "this server is not registered and auto-registration is off"
 _RESUME = "paused = 0, paused_until = NULL, pause_reason = NULL, paused_by = NULL"
 # A beat or goodbye brings back a server retired by itself or by silence, not by an operator.
 _UNLESS_OPERATOR_RETIRED = ("retired_at = CASE WHEN retired_by = 'operator' THEN retired_at "
@@ -417,16 +437,16 @@ _UNLESS_OPERATOR_RETIRED = ("retired_at = CASE WHEN retired_by = 'operator' THEN
                             "retired_by END ")
 
 
-def _one(cur, sql, params=()):
+def _one(cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
     cur.execute(sql, params)
     return cur.fetchone()
 
 
-def _dump_labels(labels):
+def _dump_labels(labels: Mapping[str, str]) -> str:
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
-def _server(row, labels_cache):
+def _server(row: Sequence[Any], labels_cache: Dict[str, Dict[str, str]]) -> Server:
     (server_id, labels, registered, declared, last_seen, beats, paused, paused_until, reason,
      created, hostname, agent_version, boot_time, skew, seq, token_hash, expected_back,
      retired_at, token_confirmed, paused_by, retired_by) = row

@@ -1,7 +1,10 @@
 """The HTTP edge: Flask blueprints. Nothing below this package imports Flask."""
 import logging
+from typing import Mapping, Optional
 
-from flask import current_app, jsonify
+from flask import Response, current_app
+
+from bridge.errors import encode, error_body
 
 log = logging.getLogger("bridge")
 
@@ -11,10 +14,12 @@ def state():
     return current_app.extensions["heartbeat"]
 
 
-def error(reason, status, message, headers=None):
-    """A JSON error answer: {"error": reason, "message": message}."""
-    response = jsonify(error=reason, message=message)
-    response.status_code = status
+def error(reason: str, status: int, message: str,
+          headers: Optional[Mapping[str, str]] = None) -> Response:
+    """A JSON error answer: {"error": reason, "message": message}, as the raw endpoints
+    send it (bridge.errors)."""
+    response = current_app.response_class(encode(error_body(reason, message)), status,
+                                          mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

@@ -1,16 +1,20 @@
-"""Admin API under /api/servers (admin token); 404 when HEARTBEAT_ADMIN_TOKEN is unset."""
-from flask import Blueprint, jsonify, request
+"""Admin API under /api/servers (admin token); 404 when HEARTBEAT_ADMIN_TOKEN is unset.
+
+Errors answer as they describe themselves (bridge.views.errors)."""
+from typing import Any, Dict, Optional
+
+from flask import Blueprint, Response, jsonify, request
 
 from bridge import admin
-from bridge.store import ServerExistsError, ServerLimitError, UnknownServerError
-from bridge.validate import InvalidInputError
+from bridge.store import Server
+from bridge.validate import InvalidInputError, parse_object
 from bridge.views import error, state
 
 bp = Blueprint("admin", __name__, url_prefix="/api/servers")
 
 
 @bp.before_request
-def require_admin():
+def require_admin() -> Optional[Response]:
     auth = state().auth
     if not auth.admin_enabled:
         return error("admin_disabled", 404, "the admin API is off (HEARTBEAT_ADMIN_TOKEN unset)")
@@ -20,41 +24,12 @@ def require_admin():
     return None
 
 
-@bp.errorhandler(InvalidInputError)
-def invalid_input(exc):
-    return error(exc.reason, exc.status, exc.message)
+def _body() -> Dict[str, Any]:
+    """The JSON object sent, {} for an empty body; 400/415 otherwise (as every endpoint)."""
+    return parse_object(request.get_data(cache=True), request.content_type)
 
 
-@bp.errorhandler(UnknownServerError)
-def unknown_server(exc):
-    return error("unknown_server", 404, f"no server {exc.args[0]!r}")
-
-
-@bp.errorhandler(ServerExistsError)
-def server_exists(exc):
-    return error("server_exists", 409, f"server {exc.args[0]!r} is registered already")
-
-
-@bp.errorhandler(ServerLimitError)
-def server_limit(exc):
-    return error("server_limit", 403, str(exc))
-
-
-def _body():
-    """The JSON object sent, {} for an empty body; 400/415 otherwise."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        return {}
-    if request.mimetype != "application/json":
-        raise InvalidInputError("unsupported_media_type", "send Content-Type: application/json",
-                                415)
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise InvalidInputError("invalid_json", "the body must be a JSON object")
-    return data
-
-
-def _server_json(server, status=200, **extra):
+def _server_json(server: Server, status: int = 200, **extra: Any) -> Response:
     hb = state()
     response = jsonify(server=server.as_dict(hb.store.clock(), hb.settings.default_interval),
                        **extra)
@@ -93,12 +68,8 @@ def show_server(server_id):
 def update_server(server_id):
     hb = state()
     data = _body()
-    hb.store.get(server_id)  # 404 before validating fields of an unknown server
-    if "labels" in data:
-        admin.relabel(hb.store, server_id, data["labels"])
-    if "interval" in data:
-        admin.set_interval(hb.store, server_id, data["interval"])
-    return _server_json(hb.store.get(server_id))
+    changes = {key: data[key] for key in ("labels", "interval") if key in data}
+    return _server_json(admin.update(hb.store, server_id, **changes))
 
 
 @bp.delete("/<server_id>")
