@@ -24,7 +24,7 @@ heartbeat_scrape_duration_seconds, heartbeat_bridge_build_info and
 the store's clock when it took this scrape's snapshot: the clock that stamps beats, so
 the rules measure silence as this minus heartbeat_last_seen_seconds, on one clock.
 
-`PER_SERVER` is the one table of per-server metrics: HeartbeatCollector turns it into
+`PER_SERVER` is the one table of per-server metrics: server_families() turns it into
 prometheus_client families, and bridge.exposition renders the same table fast for
 /metrics (tested to be byte-identical).
 """
@@ -131,24 +131,6 @@ def bridge_families(snapshot, max_servers, started):
     build.add_sample("heartbeat_bridge_build_info", {
         "version": __version__, "python_version": platform.python_version()}, 1.0)
     yield build
-
-
-class HeartbeatCollector:
-    """A prometheus_client Collector reading one store snapshot per collect()."""
-
-    def __init__(self, store, default_interval=30.0, max_servers=100000):
-        self.store = store
-        self.default_interval = default_interval
-        self.max_servers = max_servers
-
-    def describe(self):
-        return []  # registering must not read the store
-
-    def collect(self):
-        started = time.perf_counter()
-        snapshot = self.store.snapshot()  # StoreUnavailableError propagates: /metrics fails
-        yield from server_families(snapshot, self.default_interval)
-        yield from bridge_families(snapshot, self.max_servers, started)
 
 
 def _gauge(name, doc, value):

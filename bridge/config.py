@@ -2,7 +2,7 @@
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 DEFAULT_DATABASE_URL = "sqlite:///var/heartbeat.db"
 MAX_INTERVAL = 86400.0
@@ -49,7 +49,6 @@ class Settings:
     metrics_multiproc_dir: str = ""
     # The CLI only: manage the bridge at this URL through its admin API instead of the store.
     url: str = ""
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_env(cls, environ=None):
@@ -117,18 +116,11 @@ class Settings:
         )
         return settings
 
-    @property
-    def auth_configured(self):
-        """True when beats need a token (fleet or per-server)."""
-        return not self.allow_unauthenticated
-
     def describe(self):
         """Settings as printable pairs, secrets masked."""
         secret = {"fleet_tokens", "admin_token", "status_token"}
         out = {}
         for f in fields(self):
-            if f.name == "extra":
-                continue
             value = getattr(self, f.name)
             if f.name in secret:
                 value = f"<{len(value)} set>" if f.name == "fleet_tokens" else (
