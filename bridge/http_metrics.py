@@ -27,11 +27,10 @@ import glob
 import json
 import logging
 import os
-import time
+from typing import Callable, Iterator, Optional, Set
 
-from flask import g, request
-from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -46,12 +45,13 @@ class WorkerFiles:
     Safe to call from several threads at once.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._reported = set()  # (file name, error) this process has logged already
+        self._reported: Set[tuple] = set()  # (file name, error) this process has logged
 
-    def collect(self):
-        readable, skipped, keys = [], 0, set()
+    def collect(self) -> Iterator[Metric]:
+        readable, skipped = [], 0
+        keys: Set[str] = set()
         for path in sorted(glob.glob(os.path.join(self.path, "*.db"))):
             state = _check(path, keys)
             if state == _OK:
@@ -111,8 +111,12 @@ def _check_key(key):
         float(labels["le"])
 
 
-def init_app(app, registry, multiproc_dir=None):
-    """Count and time every Flask request; return observe(handler, code, seconds) for others."""
+Observe = Callable[[str, int, float], None]
+
+
+def request_metrics(registry: CollectorRegistry, multiproc_dir: Optional[str] = None) -> Observe:
+    """observe(handler, code, seconds): counts and times one answered request, into
+    `registry`, or into this worker's files under `multiproc_dir` (merged on scrape)."""
     target = None if multiproc_dir else registry
     if multiproc_dir:
         registry.register(WorkerFiles(multiproc_dir))
@@ -124,7 +128,7 @@ def init_app(app, registry, multiproc_dir=None):
                                   1.0, 2.5))
     reported = set()  # exception types this process has logged already
 
-    def observe(handler, code, seconds):
+    def observe(handler: str, code: int, seconds: float) -> None:
         try:
             requests_total.labels(handler, str(code)).inc()
             duration.labels(handler).observe(seconds)
@@ -133,17 +137,5 @@ def init_app(app, registry, multiproc_dir=None):
             reported.add(type(exc))
             log.log(level, "request metrics not recorded (%s %s)", handler, code,
                     exc_info=True)
-
-    @app.before_request
-    def start_timer():
-        g.request_started = time.perf_counter()
-
-    @app.after_request
-    def observe_flask(response):
-        started = g.get("request_started")
-        if started is not None:
-            observe(request.url_rule.endpoint if request.url_rule else "unmatched",
-                    response.status_code, time.perf_counter() - started)
-        return response
 
     return observe

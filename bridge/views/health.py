@@ -1,5 +1,5 @@
 """Liveness and readiness."""
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 
 from bridge.store import StoreUnavailableError
 from bridge.views import error, state
@@ -8,17 +8,16 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     """The process answers; says nothing about the store."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> Response:
     """Ready when the store answers; a load balancer takes the replica out otherwise."""
     try:
         state().store.ping()
-    except StoreUnavailableError:
-        return error("store_unavailable", 503, "the store is unreachable",
-                     {"Retry-After": "5"})
+    except StoreUnavailableError as exc:
+        return error(exc.reason, exc.status, "the store is unreachable", dict(exc.headers()))
     return jsonify(status="ready")
