@@ -344,7 +344,7 @@ def report(args, described, load_before, load_after, seeded_s, body, size, phase
         f"{browser['filter_all_expired_ms']:.0f} ms once its snapshot expired | "
         f"{verdict(max(browser['filter_problems_ms'], browser['filter_all_warm_ms']) < 300)} |",
         "",
-        "Keystroke times include the page's 120 ms typing pause before it asks the bridge.",
+        "Keystroke times include the page's 80 ms typing pause before it asks the bridge.",
         "",
         "## Beat phases (wrk, 16 kept-alive connections, 10 ms pause after each answer)",
         "",

@@ -49,16 +49,16 @@ class SnapshotCache:
         snapshot, seen = self._memory.get(kind, (None, None))
         if self._fresh(snapshot):
             return snapshot
+        if kind in self.serve_stale and self._fresh(snapshot, STALE_FOR * self.max_age):
+            if not self._locks[kind].locked():  # reads another worker's, or computes
+                threading.Thread(target=self._refresh_logged, args=(kind,), daemon=True,
+                                 name=f"status-{kind}").start()
+            return snapshot
         if self.directory and self.max_age > 0:  # another worker may have a fresh one
             snapshot, seen = self._read(self._path(kind), snapshot, seen)
             if self._fresh(snapshot):
                 self._memory[kind] = (snapshot, seen)
                 return snapshot
-        if kind in self.serve_stale and self._fresh(snapshot, STALE_FOR * self.max_age):
-            if not self._locks[kind].locked():
-                threading.Thread(target=self._refresh_logged, args=(kind,), daemon=True,
-                                 name=f"status-{kind}").start()
-            return snapshot
         return self._refresh(kind)
 
     def _refresh_logged(self, kind):

@@ -109,12 +109,11 @@ def _bad(message):
 def matches(row, terms):
     """True when every term matches the status row (see the module docstring)."""
     for term in terms:
+        if term not in row[HAYSTACK]:  # the haystack holds every label as name=value too
+            return False
         name, eq, value = term.partition("=")
-        if eq and name:
-            if not any(k.lower() == name and str(v).lower() == value
-                       for k, v in row[LABELS].items()):
-                return False
-        elif term not in row[HAYSTACK]:
+        if eq and name and not any(k.lower() == name and str(v).lower() == value
+                                   for k, v in row[LABELS].items()):
             return False
     return True
 

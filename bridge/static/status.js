@@ -8,7 +8,7 @@
   const body = document.body;
   const API = body.dataset.api;
   const REFRESH_MS = Number(body.dataset.refresh || 5) * 1000;
-  const FILTER_DELAY_MS = 120;  // one request per pause in typing, not per key
+  const FILTER_DELAY_MS = 80;  // one request per pause in typing, not per key
   const PROBLEMS = ["down", "late", "never_seen", "away", "paused"];
   // State names come from the count tiles, so the page names each state in one place.
   const STATE_TEXT = {};
