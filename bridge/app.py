@@ -55,7 +55,8 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
         settings=settings,
         store=store,
         auth=Authenticator(settings.fleet_tokens, settings.admin_token,
-                           settings.allow_unauthenticated, enrolment=settings.enrolment),
+                           settings.allow_unauthenticated, enrolment=settings.enrolment,
+                           status_token=settings.status_token),
         rejections=rejections,
         policy=BeatPolicy(auto_register=settings.auto_register,
                           max_servers=settings.max_servers,
@@ -68,7 +69,7 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's
     app.extensions["heartbeat"] = bridge_state
     errors.init_app(app)
     observe = http_metrics.request_metrics(registry,
@@ -77,7 +78,8 @@ def create_app(settings=None, store=None, clock=time.time, rejection_flush_every
     for blueprint in (admin.bp, health.bp, openapi.bp, status.bp):
         app.register_blueprint(blueprint)
 
-    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {
+    # Flask's documented way to mount WSGI apps beside it (typeshed calls it a method).
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {  # type: ignore[method-assign]
         "/metrics": metrics_wsgi(bridge_state),
         BEAT_PREFIX: BeatEndpoint(bridge_state, observe),
     })
