@@ -1,46 +1,20 @@
-"""Shared fixtures: a fake clock, a fresh store per test on each backend, apps and live bridges."""
-import uuid
+"""Shared fixtures: a fake clock, a fresh store per test on each backend, apps and live
+bridges. Helpers and constants live in tests/tools.py: test modules import from there."""
 
 import pytest
 
 from bridge.app import create_app
-from bridge.config import Settings
 from bridge.store import open_store
-from tests.tools import IN_CI, Bridge
-
-FLEET_TOKEN = "fleet-token-0123456789"
-ADMIN_TOKEN = "admin-token-0123456789"
-POSTGRES_BASE = "postgresql://postgres@127.0.0.1:5432/test"
-START = 1_800_000_000.0
-
-
-class FakeClock:
-    """A settable Unix clock for the store and collector."""
-
-    def __init__(self, now=START):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
-        return self.now
-
-
-def _postgres_schema_url():
-    """A fresh schema in the test database; skipped locally, fails under CI when unreachable."""
-    try:
-        import psycopg
-        conn = psycopg.connect(POSTGRES_BASE, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # driver missing or server down
-        message = f"PostgreSQL at {POSTGRES_BASE} is not reachable: {exc}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    schema = "t_" + uuid.uuid4().hex[:12]
-    conn.execute(f"CREATE SCHEMA {schema}")
-    return conn, schema, f"{POSTGRES_BASE}?options=-csearch_path%3D{schema}"
+from tests.tools import (  # noqa: F401  (re-exported while files still import them here)
+    ADMIN_TOKEN,
+    FLEET_TOKEN,
+    POSTGRES_BASE,
+    START,
+    Bridge,
+    FakeClock,
+    make_settings,
+    postgres_schema_url,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -49,7 +23,7 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'heartbeat.db'}"
         return
-    conn, schema, url = _postgres_schema_url()
+    conn, schema, url = postgres_schema_url()
     try:
         yield url
     finally:
@@ -77,13 +51,6 @@ def store(database_url, clock):
     s = open_store(database_url, clock=clock)
     yield s
     s.close()
-
-
-def make_settings(database_url, **changes):
-    values = dict(database_url=database_url, fleet_tokens=(FLEET_TOKEN,),
-                  admin_token=ADMIN_TOKEN)
-    values.update(changes)
-    return Settings(**values)
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
-from tests.tools import ROOT
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 STATUS_TOKEN = "status-token-0123456789"

@@ -1,7 +1,7 @@
 """The admin API under /api/servers, on SQLite and PostgreSQL."""
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from agent import heartbeat_agent as ha
-from tests.test_agent import BeatServer, agent_env
+from tests.agent_tools import BeatServer, agent_env
 from tests.tools import ROOT, Process, wait_until
 
 AGENT_DIR = ROOT / "agent"

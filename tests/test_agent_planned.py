@@ -11,7 +11,7 @@ import time
 import pytest
 
 from agent import heartbeat_agent as ha
-from tests.test_agent import (
+from tests.agent_tools import (
     AGENT,
     TOKEN,
     BeatServer,
@@ -21,8 +21,7 @@ from tests.test_agent import (
     start_agent,
     stop_agent,
 )
-from tests.test_metrics import sample_map, value
-from tests.tools import Bridge, Process, free_port, wait_until
+from tests.tools import Bridge, Process, free_port, sample_map, value, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN
 
 AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 

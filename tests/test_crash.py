@@ -9,8 +9,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.store.sqlite import SQLiteStore
-from tests.conftest import FLEET_TOKEN
-from tests.tools import Bridge
+from tests.tools import FLEET_TOKEN, Bridge
 
 CLIENTS = 6
 SERVERS_PER_CLIENT = 20

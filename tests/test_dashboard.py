@@ -17,11 +17,18 @@ from bridge.collector import (
     bridge_families,
 )
 from bridge.store import Snapshot
-from tests.tools import ROOT, Bridge, Process, free_port, require_binary, wait_http, wait_until
+from tests.tools import (
+    PROMETHEUS_RULES,
+    ROOT,
+    Bridge,
+    Prometheus,
+    require_binary,
+    wait_until,
+)
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "heartbeat.json"
 PROVISIONING = ROOT / "grafana" / "provisioning"
-RULES = ROOT / "prometheus" / "rules.yml"
+RULES = PROMETHEUS_RULES
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 FLEET_TOKEN = "fleet-token-dashboard"
 ADMIN_TOKEN = "admin-token-dashboard"
@@ -202,48 +209,6 @@ def test_provisioning_loads_the_dashboard_folder_and_a_prometheus_datasource():
 
 
 # --- live: a real Prometheus scraping a real bridge ------------------------------------
-
-class Prometheus(Process):
-    """The real Prometheus on a loopback port, scraping the given bridges."""
-
-    def __init__(self, tmp_path, bridge_ports, rule_files=(RULES,), interval="1s",
-                 alertmanager_port=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "heartbeat-bridge", "static_configs": [
-                {"targets": [f"127.0.0.1:{port}" for port in bridge_ports]}]}],
-        }
-        if alertmanager_port:
-            config["alerting"] = {"alertmanagers": [{"static_configs": [
-                {"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]}
-        path = tmp_path / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config))
-        super().__init__([require_binary("prometheus"), f"--config.file={path}",
-                          f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                          f"--web.listen-address=127.0.0.1:{self.port}"], name="prometheus")
-
-    def start(self):
-        super().start()
-        try:
-            wait_http(self.url + "/-/ready", timeout=20)
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"prometheus did not start:\n{self.log()}")
-        return self
-
-    def query(self, expr):
-        answer = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
-        body = answer.json()
-        assert answer.status_code == 200 and body["status"] == "success", (expr, body)
-        return body["data"]["result"]
-
-    def value(self, expr):
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
 
 def admin(bridge, method, path, **kwargs):
     answer = requests.request(method, f"{bridge.url}/api/servers{path}", timeout=5,

@@ -18,8 +18,16 @@ import pytest
 import requests
 import yaml
 
-from tests.test_dashboard import Prometheus
-from tests.tools import ROOT, Bridge, Process, free_port, require_binary, wait_http, wait_until
+from tests.tools import (
+    ROOT,
+    Bridge,
+    Process,
+    Prometheus,
+    free_port,
+    require_binary,
+    wait_http,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, Phase, settings
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
-from tests.tools import ROOT, Bridge
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, Bridge
 
 # 413 is a refusal too: the 4096-byte limit on a whole body is not a JSON Schema keyword.
 CONFIG = SchemathesisConfig.from_dict({"checks": {

@@ -6,21 +6,7 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
-from tests.tools import require_binary, wait_until
-
-
-def per_server(text):
-    """The heartbeat_* per-server samples of one /metrics answer."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples
-            if "server_id" in s.labels}
-
-
-def total(text, name, **labels):
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, per_server, require_binary, total, wait_until
 
 
 def test_health_and_readiness(live_bridge):

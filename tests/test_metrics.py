@@ -8,8 +8,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import __version__
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
-from tests.tools import require_binary
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, require_binary, sample_map, value
 
 AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -19,15 +18,6 @@ def scrape(client, **kwargs):
     response = client.get("/metrics", **kwargs)
     assert response.status_code == 200
     return response
-
-
-def sample_map(text, parse=text_string_to_metric_families):
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in parse(text) for s in family.samples}
-
-
-def value(samples, name, **labels):
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 @pytest.fixture

@@ -6,15 +6,14 @@ import pytest
 
 from bridge.store import BeatPolicy, open_store
 from bridge.validate import parse_beat
-from tests.conftest import _postgres_schema_url
-from tests.tools import ROOT
+from tests.tools import ROOT, postgres_schema_url
 
 BEAT = b'{"interval": 15, "hostname": "web-1.example", "agent_version": "0.1.0", "seq": 7}'
 
 
 @pytest.fixture
 def pg_url():
-    conn, schema, url = _postgres_schema_url()
+    conn, schema, url = postgres_schema_url()
     yield url
     conn.execute(f"DROP SCHEMA {schema} CASCADE")
     conn.close()

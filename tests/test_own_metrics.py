@@ -12,9 +12,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FLEET_TOKEN
-from tests.test_live_bridge import per_server, total
-from tests.tools import Bridge, Process
+from tests.tools import FLEET_TOKEN, Bridge, Process, per_server, total
 
 AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 

@@ -7,9 +7,7 @@ import pytest
 
 from bridge.store import SCHEMA_VERSION, open_store
 from bridge.store.sql import SCHEMA
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
-from tests.test_metrics import sample_map, value
-from tests.tools import ROOT
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, sample_map, value
 
 AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

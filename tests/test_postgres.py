@@ -21,7 +21,7 @@ from bridge.store import (
     open_store,
 )
 from bridge.validate import parse_beat
-from tests.conftest import _postgres_schema_url
+from tests.tools import postgres_schema_url
 
 BEAT = parse_beat(b'{"interval": 30, "hostname": "h"}', "application/json")
 NO_LIMIT = BeatPolicy(rate_limit_burst=0)
@@ -30,7 +30,7 @@ NO_LIMIT = BeatPolicy(rate_limit_burst=0)
 @pytest.fixture
 def pg():
     """(admin connection, schema, URL) of a fresh schema, dropped afterwards."""
-    conn, schema, url = _postgres_schema_url()
+    conn, schema, url = postgres_schema_url()
     yield conn, schema, url
     conn.execute(f"DROP SCHEMA {schema} CASCADE")
     conn.close()

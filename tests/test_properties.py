@@ -17,8 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import create_app
 from bridge.validate import SERVER_ID
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN, make_settings
-from tests.tools import require_binary
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, make_settings, require_binary
 
 AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

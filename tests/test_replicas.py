@@ -10,8 +10,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.store import BeatPolicy, open_store
 from bridge.validate import parse_beat
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN, POSTGRES_BASE, _postgres_schema_url
-from tests.tools import Bridge, Process, free_port, wait_until
+from tests.tools import (
+    ADMIN_TOKEN,
+    FLEET_TOKEN,
+    POSTGRES_BASE,
+    Bridge,
+    Process,
+    free_port,
+    postgres_schema_url,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -92,7 +100,7 @@ def _close(sock):
 
 @pytest.fixture
 def pg_url():
-    conn, schema, url = _postgres_schema_url()
+    conn, schema, url = postgres_schema_url()
     yield url
     conn.execute(f"DROP SCHEMA {schema} CASCADE")
     conn.close()
@@ -225,7 +233,7 @@ def test_pooled_connections_closed_by_an_outage_are_replaced_without_failing_a_c
 
 
 def test_a_database_outage_answers_503_and_the_bridge_recovers_without_restart(live_bridge):
-    conn, schema, _ = _postgres_schema_url()
+    conn, schema, _ = postgres_schema_url()
     proxy = TcpProxy(5432).start()
     url = POSTGRES_BASE.replace(":5432/", f":{proxy.port}/") + \
         f"?options=-csearch_path%3D{schema}"

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import FLEET_TOKEN
-from tests.tools import Process, free_port, require_binary, wait_until
+from tests.tools import FLEET_TOKEN, Process, free_port, require_binary, wait_until
 
 STALLED = 1000  # connections stalled in their headers, and as many in their bodies
 IDLE = 10_000   # kept-alive connections left idle

@@ -10,8 +10,7 @@ import requests
 
 from bridge.store import BeatPolicy, open_store
 from bridge.validate import Beat
-from tests.conftest import FLEET_TOKEN
-from tests.tools import Bridge
+from tests.tools import FLEET_TOKEN, Bridge
 
 SERVERS = 10_000
 SOAK_SECONDS = 60.0

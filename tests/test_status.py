@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from bridge import status
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN, START
-from tests.tools import ROOT, wait_until
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, START, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}

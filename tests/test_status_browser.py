@@ -10,8 +10,7 @@ import sqlite3
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
-from tests.tools import ROOT, require_binary, wait_until
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, require_binary, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect

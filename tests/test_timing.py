@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.store import rate_limit
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN
 
 AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
