@@ -11,7 +11,7 @@ DEB_TOOLS := prometheus:prometheus promtool:prometheus \
              prometheus-pushgateway:prometheus-pushgateway wrk:wrk chromium:chromium \
              openssl:openssl haproxy:haproxy kubectl:kubectl
 
-.PHONY: run test install install-test install-bench deb-deps postgres bench lint clean kubernetes
+.PHONY: run test test-fast install install-test install-bench deb-deps postgres bench lint clean kubernetes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ lint: install-test
 test: install-test deb-deps postgres
 	$(MAKE) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make test-fast: the in-process tests on SQLite (a test that starts a program is skipped
+## when it tries: tests/conftest.py). About 45 s on two busy cores; `make test` runs all.
+test-fast: install-test
+	$(BIN)/python -m pytest --in-process -k "not postgresql" -q $(PYTEST_ARGS)
 
 bench: install-bench deb-deps postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)

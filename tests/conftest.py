@@ -1,6 +1,8 @@
 """Shared fixtures: a fake clock, a fresh store per test on each backend, apps and live
 bridges. Helpers and constants live in tests/tools.py: test modules import from there."""
 
+import subprocess
+
 import pytest
 
 from bridge.app import create_app
@@ -15,6 +17,48 @@ from tests.tools import (  # noqa: F401  (re-exported while files still import t
     make_settings,
     postgres_schema_url,
 )
+
+
+def pytest_addoption(parser):
+    parser.addoption("--in-process", action="store_true",
+                     help="skip every test that starts a real program (make test-fast)")
+
+
+_STARTS_A_PROGRAM = "starts a real program: `make test` runs it"
+_started = []  # --in-process: programs the current test tried to start
+_refused_fixtures = set()  # module or session fixtures whose setup tried to start one
+
+
+def pytest_configure(config):
+    """--in-process: a test (or fixture) that starts any program is skipped at that moment,
+    so the fast lane needs no list to keep up to date. The database server already running
+    is not started by a test: tests on PostgreSQL stay in."""
+    if config.getoption("--in-process"):
+        real_popen = subprocess.Popen
+
+        class InProcessOnly(real_popen):
+            def __init__(self, *args, **kwargs):
+                _started.append(args[0] if args else kwargs.get("args"))
+                pytest.skip(_STARTS_A_PROGRAM)
+
+        subprocess.Popen = InProcessOnly
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """--in-process: a test whose program was refused is skipped, even when a library (the
+    browser driver) turned the refusal into an error of its own."""
+    outcome = yield
+    report = outcome.get_result()
+    # the project's own module and session fixtures (pytest's own have no baseid)
+    shared = {name for name, defs in item._fixtureinfo.name2fixturedefs.items()
+              if defs and defs[-1].scope != "function" and defs[-1].baseid}
+    if report.failed and (_started or (call.when == "setup" and shared & _refused_fixtures)):
+        report.outcome, report.longrepr = "skipped", (str(item.path), 0, _STARTS_A_PROGRAM)
+        if _started and call.when == "setup":
+            _refused_fixtures.update(shared)  # their setup error is cached for later tests
+    if call.when == "teardown":
+        _started.clear()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
