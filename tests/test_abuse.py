@@ -38,9 +38,9 @@ SLOW_CONNECTIONS = 64
 
 
 def test_slow_clients_do_not_starve_real_beats(live_bridge):
-    """Slowloris: 64 connections sending their headers a byte per second. gthread gives each
-    a thread (gunicorn has no header timeout); enough threads per worker and reuse_port (see
-    bridge/gunicorn.conf.py) keep beats flowing. In production the proxy cuts them off."""
+    """Slowloris: 64 connections sending their headers a byte per second, held for less than
+    the header timeout. The event-loop worker gives them no thread; under gthread (threads 32)
+    this took reuse_port and enough threads. tests/test_serving.py holds 2,000 until cut off."""
     bridge = live_bridge(HEARTBEAT_WORKERS="4", HEARTBEAT_THREADS="32")
     stop = threading.Event()
     slow = []
