@@ -303,3 +303,19 @@ def test_no_token_reaches_the_log_from_malformed_requests(live_bridge, worker_cl
     assert all(a.startswith(b"HTTP/1.1 4") or not a for a in answers)  # none accepted
     assert sum(a.startswith(b"HTTP/1.1 4") for a in answers) >= 6  # refused, not ignored
     assert token not in log
+
+
+# -- settings --------------------------------------------------------------------------------
+def test_serving_settings_have_their_defaults_and_refuse_bad_values():
+    from bridge.config import ConfigError, Settings
+    settings = Settings.from_env({})
+    assert (settings.worker_class, settings.keepalive, settings.header_timeout,
+            settings.body_timeout, settings.trusted_proxies) == ("uvicorn", 75, 10.0, 10.0, ())
+    assert settings.keepalive > settings.default_interval  # an agent reuses its connection
+    proxies = Settings.from_env({"HEARTBEAT_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1"})
+    assert proxies.trusted_proxies == ("10.0.0.1", "192.168.0.0/16", "::1")
+    for name, value in (("HEARTBEAT_TRUSTED_PROXIES", "proxy.example.org"),
+                        ("HEARTBEAT_WORKER_CLASS", "gevent"),
+                        ("HEARTBEAT_HEADER_TIMEOUT", "0"), ("HEARTBEAT_BODY_TIMEOUT", "nan")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
