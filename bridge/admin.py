@@ -3,7 +3,11 @@
 Each function validates raw input (as it comes from JSON or the command line), makes
 one store call and returns the result; errors are InvalidInputError or the store's.
 """
+from typing import Any, Dict, List, Optional, Tuple
+
 from bridge.auth import hash_token, new_token
+from bridge.config import Settings
+from bridge.store import BeatPolicy, Server, Store
 from bridge.validate import (
     InvalidInputError,
     check_interval,
@@ -15,9 +19,11 @@ from bridge.validate import (
 )
 
 MAX_REASON = 256
+ServerJSON = Dict[str, Any]  # a server as the admin API shows it (Server.as_dict)
 
 
-def register(store, settings, server_id, interval=None, labels=None, with_token=False):
+def register(store: Store, settings: Settings, server_id: Any, interval: Any = None,
+             labels: Any = None, with_token: bool = False) -> Tuple[Server, Optional[str]]:
     """Register a server; return (server, token) where token is None unless asked for."""
     check_server_id(server_id)
     interval = None if interval is None else check_interval(interval)
@@ -29,12 +35,12 @@ def register(store, settings, server_id, interval=None, labels=None, with_token=
     return server, token
 
 
-def update(store, server_id, **changes):
+def update(store: Store, server_id: Any, **changes: Any) -> Server:
     """Replace the labels and/or the interval given (keys 'labels', 'interval') in one store
     call. An unknown server is a 404 even when the fields are invalid too."""
     check_server_id(server_id)
     try:
-        fields = {}
+        fields: Dict[str, Any] = {}
         if "labels" in changes:
             fields["labels"] = check_labels(changes["labels"])
         if "interval" in changes:
@@ -46,17 +52,18 @@ def update(store, server_id, **changes):
     return store.update(server_id, **fields)
 
 
-def relabel(store, server_id, labels):
+def relabel(store: Store, server_id: Any, labels: Any) -> Server:
     """Replace a server's operator labels."""
     return update(store, server_id, labels=labels)
 
 
-def set_interval(store, server_id, interval):
+def set_interval(store: Store, server_id: Any, interval: Any) -> Server:
     """Pin the interval (None: follow what the agent declares)."""
     return update(store, server_id, interval=interval)
 
 
-def pause(store, server_id, duration=None, until=None, reason=None):
+def pause(store: Store, server_id: Any, duration: Any = None, until: Any = None,
+          reason: Any = None) -> Server:
     """An operator pauses alerting, for a duration ('2h'), until a Unix time, or until
     resumed; no host can end or shorten it."""
     check_server_id(server_id)
@@ -65,8 +72,8 @@ def pause(store, server_id, duration=None, until=None, reason=None):
     return store.pause(server_id, until=until, reason=reason)
 
 
-def host_maintenance(store, server_id, policy, max_silence, duration=None, until=None,
-                     reason=None):
+def host_maintenance(store: Store, server_id: Any, policy: BeatPolicy, max_silence: float,
+                     duration: Any = None, until: Any = None, reason: Any = None) -> Server:
     """A host pauses its own alerts, always with an end at most `max_silence` s away."""
     check_server_id(server_id)
     if duration is None and until is None:
@@ -77,12 +84,13 @@ def host_maintenance(store, server_id, policy, max_silence, duration=None, until
     return store.host_pause(server_id, until, reason, policy)
 
 
-def host_resume(store, server_id, policy):
+def host_resume(store: Store, server_id: Any, policy: BeatPolicy) -> Server:
     """A host ends its own maintenance (never an operator's pause)."""
     return store.host_resume(check_server_id(server_id), policy)
 
 
-def _pause_end(now, duration, until, maximum):
+def _pause_end(now: float, duration: Any, until: Any, maximum: Optional[float]
+               ) -> Optional[float]:
     """The Unix time a pause ends (None: when resumed), from 'for' or 'until'."""
     if duration is not None and until is not None:
         raise InvalidInputError("invalid_field", "give either a duration or an end time", 422)
@@ -93,11 +101,11 @@ def _pause_end(now, duration, until, maximum):
     return None
 
 
-def _limit(maximum):
+def _limit(maximum: Optional[float]) -> Dict[str, float]:
     return {} if maximum is None else {"maximum": maximum}
 
 
-def _check_reason(reason):
+def _check_reason(reason: Any) -> None:
     if reason is not None:
         check_text("reason", MAX_REASON)(reason)
 
@@ -105,7 +113,8 @@ def _check_reason(reason):
 DEFAULT_BACK_WITHIN = 900.0
 
 
-def goodbye(store, server_id, policy, max_silence, back_within=None, retire=False):
+def goodbye(store: Store, server_id: Any, policy: BeatPolicy, max_silence: float,
+            back_within: Any = None, retire: Any = False) -> float:
     """A clean stop announced by the host; return the time it promised to be back by."""
     check_server_id(server_id)
     seconds = min(DEFAULT_BACK_WITHIN, max_silence) if back_within is None else parse_duration(
@@ -115,20 +124,20 @@ def goodbye(store, server_id, policy, max_silence, back_within=None, retire=Fals
     return store.goodbye(server_id, seconds, retire=retire, policy=policy)
 
 
-def retire(store, server_id, retired=True):
+def retire(store: Store, server_id: Any, retired: bool = True) -> Server:
     """Retire a server (it stops alerting and is forgotten later), or bring it back."""
     return store.set_retired(check_server_id(server_id), retired)
 
 
-def resume(store, server_id):
+def resume(store: Store, server_id: Any) -> Server:
     return store.resume(check_server_id(server_id))
 
 
-def remove(store, server_id):
+def remove(store: Store, server_id: Any) -> None:
     store.remove(check_server_id(server_id))
 
 
-def enrol(store, server_id):
+def enrol(store: Store, server_id: str) -> str:
     """A fresh token for a server that asked with the fleet token; unconfirmed until used.
     Returns the token (only its hash is kept)."""
     token = new_token()
@@ -136,7 +145,7 @@ def enrol(store, server_id):
     return token
 
 
-def rotate_token(store, server_id, keep_previous_for=None):
+def rotate_token(store: Store, server_id: Any, keep_previous_for: Any = None) -> str:
     """An operator gives a server a new token; the old one may stay valid for a grace
     period."""
     check_server_id(server_id)
@@ -147,11 +156,11 @@ def rotate_token(store, server_id, keep_previous_for=None):
     return token
 
 
-def revoke_token(store, server_id):
+def revoke_token(store: Store, server_id: Any) -> Server:
     return store.set_token(check_server_id(server_id), None)
 
 
-def forget_silent(store, days):
+def forget_silent(store: Store, days: Any) -> int:
     """Remove servers silent for `days` days; return how many."""
     if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
         raise InvalidInputError("invalid_field", "days must be a positive number", 422)
@@ -166,48 +175,51 @@ class StoreAdmin:
     so each CLI command is written once.
     """
 
-    def __init__(self, store, settings):
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
 
-    def _shown(self, server):
+    def _shown(self, server: Server) -> ServerJSON:
         return server.as_dict(self.store.clock(), self.settings.default_interval)
 
-    def list(self):
+    def list(self) -> List[ServerJSON]:
         return [self._shown(s) for s in self.store.list()]
 
-    def get(self, server_id):
+    def get(self, server_id: str) -> ServerJSON:
         return self._shown(self.store.get(server_id))
 
-    def register(self, server_id, interval=None, labels=None, with_token=False):
+    def register(self, server_id: str, interval: Optional[float] = None,
+                 labels: Optional[Dict[str, str]] = None, with_token: bool = False
+                 ) -> Tuple[ServerJSON, Optional[str]]:
         server, token = register(self.store, self.settings, server_id, interval=interval,
                                  labels=labels, with_token=with_token)
         return self._shown(server), token
 
-    def relabel(self, server_id, labels):
+    def relabel(self, server_id: str, labels: Dict[str, str]) -> ServerJSON:
         return self._shown(relabel(self.store, server_id, labels))
 
-    def set_interval(self, server_id, interval):
+    def set_interval(self, server_id: str, interval: Optional[float]) -> ServerJSON:
         return self._shown(set_interval(self.store, server_id, interval))
 
-    def pause(self, server_id, duration=None, until=None, reason=None):
+    def pause(self, server_id: str, duration: Optional[str] = None,
+              until: Optional[float] = None, reason: Optional[str] = None) -> ServerJSON:
         return self._shown(pause(self.store, server_id, duration=duration, until=until,
                                  reason=reason))
 
-    def resume(self, server_id):
+    def resume(self, server_id: str) -> ServerJSON:
         return self._shown(resume(self.store, server_id))
 
-    def retire(self, server_id, retired=True):
+    def retire(self, server_id: str, retired: bool = True) -> ServerJSON:
         return self._shown(retire(self.store, server_id, retired))
 
-    def remove(self, server_id):
+    def remove(self, server_id: str) -> None:
         remove(self.store, server_id)
 
-    def rotate_token(self, server_id, keep_previous_for=None):
+    def rotate_token(self, server_id: str, keep_previous_for: Optional[str] = None) -> str:
         return rotate_token(self.store, server_id, keep_previous_for)
 
-    def revoke_token(self, server_id):
+    def revoke_token(self, server_id: str) -> None:
         revoke_token(self.store, server_id)
 
-    def forget_silent(self, days):
+    def forget_silent(self, days: float) -> int:
         return forget_silent(self.store, days)

@@ -2,6 +2,7 @@
 import logging
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
@@ -12,7 +13,7 @@ from bridge.auth import Authenticator
 from bridge.config import Settings
 from bridge.housekeeping import Housekeeping
 from bridge.rejections import RejectionCounter
-from bridge.store import BeatPolicy, Store, open_store
+from bridge.store import BeatPolicy, Clock, Store, open_store
 from bridge.views import admin, errors, health, openapi, request_timing, status
 from bridge.views.beat import PREFIX as BEAT_PREFIX
 from bridge.views.beat import BeatEndpoint
@@ -39,8 +40,9 @@ class BridgeState:
         return self.settings.max_host_silence_hours * 3600.0
 
 
-def create_app(settings=None, store=None, clock=time.time, rejection_flush_every=1.0,
-               multiproc_dir=None):
+def create_app(settings: Optional[Settings] = None, store: Optional[Store] = None,
+               clock: Clock = time.time, rejection_flush_every: float = 1.0,
+               multiproc_dir: Optional[str] = None) -> Flask:
     """Build the bridge; settings from the environment unless given."""
     settings = settings or Settings.from_env()
     if store is None:

@@ -16,9 +16,9 @@ import time
 from a2wsgi import WSGIMiddleware
 
 from bridge.app import create_app
+from bridge.store import StoreUnavailableError
 from bridge.validate import MAX_BODY_BYTES
 from bridge.views.beat import _STORE_REJECTIONS, PREFIX, _route
-from bridge.store import StoreUnavailableError
 from bridge.writer import GroupWriter
 
 log = logging.getLogger("bridge")

@@ -7,18 +7,23 @@ import logging
 import os
 import sys
 import tempfile
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 from bridge import __version__, admin
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
 from bridge.store import Store
+
+if TYPE_CHECKING:
+    from bridge.remote import RemoteAdmin
 from bridge.validate import InvalidInputError
 
+Admin = Union[admin.StoreAdmin, "RemoteAdmin"]  # the same methods, either way
 GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -42,7 +47,7 @@ def _fail(line: str, code: int) -> int:
     return code
 
 
-def _with(settings, **changes):
+def _with(settings: Settings, **changes: Any) -> Settings:
     from dataclasses import replace
     probe = dict(os.environ, HEARTBEAT_DATABASE_URL=changes.get("database_url", ""))
     Settings.from_env(probe)  # validate the URL the same way as the variable
@@ -54,7 +59,7 @@ def _store(settings: Settings) -> Store:
     return open_store(settings.database_url, pool_size=1)
 
 
-def _remote(args, settings):
+def _remote(args: argparse.Namespace, settings: Settings) -> Settings:
     """--url wins over HEARTBEAT_URL; --database-url over HEARTBEAT_URL; never both flags."""
     from dataclasses import replace
     url, token_file = getattr(args, "url", None), getattr(args, "admin_token_file", None)
@@ -67,7 +72,7 @@ def _remote(args, settings):
     return settings
 
 
-def _admin(args, settings):
+def _admin(args: argparse.Namespace, settings: Settings) -> "Admin":
     """Where the servers and tokens commands act: the store, or a bridge's admin API."""
     if not settings.url:
         return admin.StoreAdmin(_store(settings), settings)
@@ -81,7 +86,7 @@ def _admin(args, settings):
 
 
 # -- serve -----------------------------------------------------------------------------------
-def serve(args, settings):
+def serve(args: argparse.Namespace, settings: Settings) -> None:
     """Exec gunicorn with the project's config; every worker reads the same settings."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if settings.allow_unauthenticated:
@@ -103,7 +108,7 @@ def serve(args, settings):
     os.execve(sys.executable, argv, env)
 
 
-def healthcheck(args, settings):
+def healthcheck(args: argparse.Namespace, settings: Settings) -> int:
     """Exit 0 when the local bridge answers /healthz (for container HEALTHCHECK, no curl)."""
     import urllib.request
     host, _, port = settings.bind.rpartition(":")
@@ -120,7 +125,7 @@ def healthcheck(args, settings):
     return 0 if ok else 1
 
 
-def check_config(args, settings):
+def check_config(args: argparse.Namespace, settings: Settings) -> None:
     for name, value in settings.describe().items():
         print(f"{name} = {value}")
     _store(settings).ping()
@@ -128,7 +133,7 @@ def check_config(args, settings):
 
 
 # -- servers ---------------------------------------------------------------------------------
-def _print_server(data, as_json=False):
+def _print_server(data: Dict[str, Any], as_json: bool = False) -> None:
     """One server as the admin API shows it (Server.as_dict), as JSON or one field a line."""
     if as_json:
         print(json.dumps(data, indent=2))
@@ -139,11 +144,11 @@ def _print_server(data, as_json=False):
         print(f"{key:20} {value}")
 
 
-def _iso(ts):
+def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def servers_list(args, settings):
+def servers_list(args: argparse.Namespace, settings: Settings) -> None:
     import time
 
     from bridge.status_query import parse_query, select_servers
@@ -166,11 +171,11 @@ def servers_list(args, settings):
               f"{s['beats_total']:>8} {'yes' if s['paused'] else 'no':6} {labels}")
 
 
-def servers_show(args, settings):
+def servers_show(args: argparse.Namespace, settings: Settings) -> None:
     _print_server(_admin(args, settings).get(args.server_id), args.json)
 
 
-def servers_register(args, settings):
+def servers_register(args: argparse.Namespace, settings: Settings) -> None:
     server, token = _admin(args, settings).register(
         args.server_id, interval=args.interval, labels=_labels(args.label), with_token=args.token)
     _print_server(server)
@@ -178,54 +183,54 @@ def servers_register(args, settings):
         print(f"token                {token}")
 
 
-def servers_relabel(args, settings):
+def servers_relabel(args: argparse.Namespace, settings: Settings) -> None:
     _print_server(_admin(args, settings).relabel(args.server_id, _labels(args.label)))
 
 
-def servers_set_interval(args, settings):
+def servers_set_interval(args: argparse.Namespace, settings: Settings) -> None:
     interval = None if args.interval == "agent" else _number(args.interval, "interval")
     _print_server(_admin(args, settings).set_interval(args.server_id, interval))
 
 
-def servers_pause(args, settings):
+def servers_pause(args: argparse.Namespace, settings: Settings) -> None:
     until = None if args.until is None else _number(args.until, "--until")
     _print_server(_admin(args, settings).pause(args.server_id, duration=args.for_, until=until,
                                                reason=args.reason))
 
 
-def servers_resume(args, settings):
+def servers_resume(args: argparse.Namespace, settings: Settings) -> None:
     _print_server(_admin(args, settings).resume(args.server_id))
 
 
-def servers_retire(args, settings):
+def servers_retire(args: argparse.Namespace, settings: Settings) -> None:
     _print_server(_admin(args, settings).retire(args.server_id))
 
 
-def servers_unretire(args, settings):
+def servers_unretire(args: argparse.Namespace, settings: Settings) -> None:
     _print_server(_admin(args, settings).retire(args.server_id, retired=False))
 
 
-def servers_remove(args, settings):
+def servers_remove(args: argparse.Namespace, settings: Settings) -> None:
     _admin(args, settings).remove(args.server_id)
     print(f"removed {args.server_id}")
 
 
-def servers_forget(args, settings):
+def servers_forget(args: argparse.Namespace, settings: Settings) -> None:
     count = _admin(args, settings).forget_silent(_number(args.silent_days, "--silent-days"))
     print(f"forgot {count} servers")
 
 
-def tokens_rotate(args, settings):
+def tokens_rotate(args: argparse.Namespace, settings: Settings) -> None:
     print(_admin(args, settings).rotate_token(args.server_id, args.keep_previous_for))
 
 
-def tokens_revoke(args, settings):
+def tokens_revoke(args: argparse.Namespace, settings: Settings) -> None:
     _admin(args, settings).revoke_token(args.server_id)
     print(f"revoked the token of {args.server_id}")
 
 
 # -- migrate ---------------------------------------------------------------------------------
-def migrate(args, settings):
+def migrate(args: argparse.Namespace, settings: Settings) -> None:
     """Copy every server and counter from a SQLite file into PostgreSQL; safe to re-run."""
     from bridge.store import open_store
     path = args.source[len("sqlite:///"):] if args.source.startswith("sqlite:///") else ""
@@ -259,14 +264,14 @@ def migrate(args, settings):
           f"from {path} to PostgreSQL {target.where}")
 
 
-def _number(text, name):
+def _number(text: str, name: str) -> float:
     try:
         return float(text)
     except ValueError:
         raise InvalidInputError("invalid_field", f"{name} must be a number, got {text!r}") from None
 
 
-def _labels(pairs):
+def _labels(pairs: Optional[List[str]]) -> Dict[str, str]:
     labels = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
@@ -276,7 +281,7 @@ def _labels(pairs):
     return labels
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     # No abbreviations: `--admin-token SECRET` must not pass for --admin-token-file.
     parser = argparse.ArgumentParser(prog="heartbeat-bridge", description=__doc__,
                                      allow_abbrev=False)
@@ -289,7 +294,8 @@ def _parser():
                         help="read the admin token for --url from this file")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    def command(parent, name, func, help_text):
+    def command(parent: Any, name: str, func: Callable[..., Optional[int]], help_text: str
+                ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p

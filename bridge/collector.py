@@ -30,10 +30,12 @@ prometheus_client families, and bridge.exposition renders the same table fast fo
 """
 import platform
 import time
+from typing import Dict, Iterator, Optional
 
 from prometheus_client.core import Metric
 
 from bridge import __version__
+from bridge.store import Server, Snapshot
 
 PER_SERVER = (
     # family name, type, help, value(server, now, default_interval); None = no sample
@@ -69,23 +71,23 @@ MAINTENANCE_INFO = ("heartbeat_maintenance", "Why a paused server is paused.")
 SAMPLE_SUFFIX = {"counter": "_total", "gauge": "", "info": "_info"}
 
 
-def server_labels(server):
+def server_labels(server: Server) -> Dict[str, str]:
     return dict(server.labels, server_id=server.server_id)
 
 
-def agent_labels(server):
+def agent_labels(server: Server) -> Dict[str, str]:
     return {"server_id": server.server_id, "hostname": server.hostname or "",
             "agent_version": server.agent_version or ""}
 
 
-def maintenance_labels(server, now):
+def maintenance_labels(server: Server, now: float) -> Optional[Dict[str, str]]:
     """Labels of heartbeat_maintenance_info, or None when the server is not paused."""
     if not server.is_paused(now):
         return None
     return {"server_id": server.server_id, "reason": server.pause_reason or ""}
 
 
-def server_families(snapshot, default_interval):
+def server_families(snapshot: Snapshot, default_interval: float) -> Iterator[Metric]:
     """The per-server families as prometheus_client Metrics (the reference rendering)."""
     now = snapshot.taken_at
     for name, typ, doc, value in PER_SERVER:
@@ -107,7 +109,8 @@ def server_families(snapshot, default_interval):
     yield maintenance
 
 
-def bridge_families(snapshot, max_servers, started):
+def bridge_families(snapshot: Snapshot, max_servers: int, started: float
+                    ) -> Iterator[Metric]:
     """Fleet-wide families; `started` is the perf_counter() when the scrape began."""
     now = snapshot.taken_at
     yield _gauge("heartbeat_registered_servers", "Servers in the store.",
@@ -133,7 +136,7 @@ def bridge_families(snapshot, max_servers, started):
     yield build
 
 
-def _gauge(name, doc, value):
+def _gauge(name: str, doc: str, value: float) -> Metric:
     metric = Metric(name, doc, "gauge")
     metric.add_sample(name, {}, value)
     return metric

@@ -3,6 +3,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, fields
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 DEFAULT_DATABASE_URL = "sqlite:///var/heartbeat.db"
 MAX_INTERVAL = 86400.0
@@ -51,7 +52,7 @@ class Settings:
     url: str = ""
 
     @classmethod
-    def from_env(cls, environ=None):
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
         """Read HEARTBEAT_* variables; raise ConfigError naming the first bad one."""
         env = os.environ if environ is None else environ
         reader = _Reader(env)
@@ -116,7 +117,7 @@ class Settings:
         )
         return settings
 
-    def describe(self):
+    def describe(self) -> Dict[str, object]:
         """Settings as printable pairs, secrets masked."""
         secret = {"fleet_tokens", "admin_token", "status_token"}
         out = {}
@@ -137,14 +138,14 @@ _BIND = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+|\*)?:(?P<port>
 class _Reader:
     """Typed accessors over one environment mapping."""
 
-    def __init__(self, env):
+    def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
-    def raw(self, name):
+    def raw(self, name: str) -> Optional[str]:
         value = self.env.get(name)
         return None if value is None or value.strip() == "" else value.strip()
 
-    def boolean(self, name, default):
+    def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
             return default
@@ -154,7 +155,7 @@ class _Reader:
             return False
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
 
-    def integer(self, name, default, low, high):
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.raw(name)
         if value is None:
             return default
@@ -166,7 +167,7 @@ class _Reader:
             raise ConfigError(f"{name}: must be between {low} and {high}, got {number}")
         return number
 
-    def number(self, name, default, low, high):
+    def number(self, name: str, default: float, low: float, high: float) -> float:
         value = self.raw(name)
         if value is None:
             return default
@@ -178,7 +179,7 @@ class _Reader:
             raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {value}")
         return number
 
-    def choice(self, name, default, options):
+    def choice(self, name: str, default: str, options: Sequence[str]) -> str:
         value = self.raw(name)
         if value is None:
             return default
@@ -186,7 +187,7 @@ class _Reader:
             raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {value!r}")
         return value.lower()
 
-    def bind(self, name, default):
+    def bind(self, name: str, default: str) -> str:
         value = self.raw(name) or default
         match = _BIND.match(value)
         if not match or not 1 <= int(match.group("port")) <= 65535:
@@ -194,7 +195,7 @@ class _Reader:
                               f"got {value!r}")
         return value
 
-    def database_url(self, name, default):
+    def database_url(self, name: str, default: str) -> str:
         value = self.raw(name) or default
         if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
             return value
@@ -202,7 +203,7 @@ class _Reader:
             return value
         raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., got {value!r}")
 
-    def addresses(self, name):
+    def addresses(self, name: str) -> Tuple[str, ...]:
         """Comma-separated IP addresses or networks (CIDR), or `*` for any peer."""
         value = self.raw(name)
         if value is None:
@@ -218,7 +219,7 @@ class _Reader:
                                   f"commas (or *), got {item!r}") from None
         return items
 
-    def secret(self, name):
+    def secret(self, name: str) -> str:
         """A secret from NAME, or read from the file named by NAME_FILE (not both)."""
         value = self.raw(name)
         path = self.raw(name + "_FILE")
@@ -230,12 +231,12 @@ class _Reader:
             raise ConfigError(f"{name}: a token must be at least 8 characters")
         return value or ""
 
-    def url(self, name):
+    def url(self, name: str) -> str:
         """An http(s) URL of a bridge, without a trailing slash; "" when unset."""
         value = self.raw(name) or ""
         return check_url(value, name) if value else ""
 
-    def token_list(self, name):
+    def token_list(self, name: str) -> Tuple[str, ...]:
         """Comma-separated tokens (several are accepted at once during a rotation)."""
         tokens = tuple(t.strip() for t in self.secret(name).split(",") if t.strip())
         if any(len(t) < 8 for t in tokens):
@@ -243,7 +244,7 @@ class _Reader:
         return tokens
 
 
-def read_secret_file(path, name):
+def read_secret_file(path: str, name: str) -> str:
     """The stripped contents of a secret file; ConfigError naming `name` if unreadable or empty."""
     try:
         with open(path, encoding="utf-8") as handle:
@@ -255,7 +256,7 @@ def read_secret_file(path, name):
     return value
 
 
-def check_url(value, name):
+def check_url(value: str, name: str) -> str:
     """A bridge's base URL (http:// or https://, a host); ConfigError naming `name` otherwise."""
     if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?\Z", value):
         raise ConfigError(f"{name}: expected http(s)://host[:port][/path], got {value!r}")

@@ -8,7 +8,7 @@ for the log or the operator's terminal, which may say more than the answer does.
 """
 import json
 from http import HTTPStatus
-from typing import ClassVar, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple
 
 Headers = List[Tuple[str, str]]
 
@@ -49,7 +49,7 @@ def encode(body: object) -> bytes:
 STATUS_LINES = {code.value: f"{code.value} {code.phrase}" for code in HTTPStatus}
 
 
-def wsgi_answer(start_response, status: int, body: object,
+def wsgi_answer(start_response: Callable[..., Any], status: int, body: object,
                 headers: Iterable[Tuple[str, str]] = ()) -> List[bytes]:
     """Send a JSON answer from a plain WSGI app (the beat endpoint, /metrics)."""
     payload = encode(body)

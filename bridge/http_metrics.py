@@ -66,7 +66,7 @@ class WorkerFiles:
             "Workers' metrics files this scrape could not read and left out (request "
             "metrics only; an empty file has nothing yet and is not skipped).", skipped)
 
-    def _report(self, path, error):
+    def _report(self, path: str, error: str) -> None:
         key = (os.path.basename(path), error)
         level = logging.DEBUG if key in self._reported else logging.WARNING
         self._reported.add(key)
@@ -78,7 +78,7 @@ _OK, _EMPTY, _GONE = "ok", "empty", "gone"
 _TYPES = {"counter", "gauge", "histogram", "summary"}
 
 
-def _check(path, keys):
+def _check(path: str, keys: Set[str]) -> str:
     """_OK, _EMPTY (created, not yet sized), _GONE (removed since the listing: shutdown),
     or what is wrong with the file, checked as MultiProcessCollector.merge will read it.
 
@@ -102,7 +102,7 @@ def _check(path, keys):
     return _OK
 
 
-def _check_key(key):
+def _check_key(key: str) -> None:
     """Raise unless `key` is an entry key as prometheus_client writes and merges them."""
     metric, name, labels, help_text = json.loads(key)
     if not all(isinstance(v, str) for v in (metric, name, help_text, *labels.values())):

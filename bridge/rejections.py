@@ -2,8 +2,9 @@
 import logging
 import threading
 from collections import Counter
+from typing import Optional
 
-from bridge.store import StoreUnavailableError
+from bridge.store import Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -15,14 +16,14 @@ class RejectionCounter:
     `flush_every=0` writes at once. Safe to call from several threads.
     """
 
-    def __init__(self, store, flush_every=1.0):
+    def __init__(self, store: Store, flush_every: float = 1.0) -> None:
         self.store = store
         self.flush_every = flush_every
-        self._pending = Counter()
+        self._pending: "Counter[str]" = Counter()
         self._lock = threading.Lock()
-        self._timer = None
+        self._timer: Optional[threading.Timer] = None
 
-    def add(self, reason):
+    def add(self, reason: str) -> None:
         with self._lock:
             self._pending[reason] += 1
             if self.flush_every and self._timer is None:
@@ -32,7 +33,7 @@ class RejectionCounter:
         if not self.flush_every:
             self.flush()
 
-    def flush(self):
+    def flush(self) -> None:
         """Write pending counts; on a store outage keep them for the next try."""
         with self._lock:
             self._timer = None

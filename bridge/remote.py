@@ -5,12 +5,14 @@ admin API's JSON objects, and the API's error answers ({"error", "message"}) rai
 exceptions the store and the validators raise, so `heartbeat-bridge` prints the same lines
 whichever way it reached the bridge.
 """
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 from urllib.parse import quote
 
 from bridge.store import Server, ServerExistsError, ServerLimitError, UnknownServerError
 from bridge.validate import InvalidInputError, check_server_id
 
 TIMEOUT = 10.0
+ServerJSON = Dict[str, Any]  # a server as the admin API shows it
 # API statuses that mean "your input was refused": the CLI exits 2 for them, as for its own.
 _INPUT_STATUSES = frozenset({400, 413, 415, 422})
 # The API sorts a server's keys; the CLI shows them in the order the store's view has.
@@ -25,7 +27,8 @@ class RemoteError(RuntimeError):
 class RemoteAdmin:
     """Admin operations on the bridge at `url` with its admin token (sent as Bearer only)."""
 
-    def __init__(self, url, admin_token, timeout=TIMEOUT, session=None):
+    def __init__(self, url: str, admin_token: str, timeout: float = TIMEOUT,
+                 session: Any = None) -> None:
         import requests  # here, not at the top: `serve` and `healthcheck` never need it
         self.url = url.rstrip("/")
         self.timeout = timeout
@@ -33,15 +36,17 @@ class RemoteAdmin:
         self.session.headers["Authorization"] = f"Bearer {admin_token}"
         self.session.headers["User-Agent"] = "heartbeat-bridge-cli"
 
-    def list(self):
+    def list(self) -> List[ServerJSON]:
         return [_in_store_order(s) for s in self._call("GET")["servers"]]
 
-    def get(self, server_id):
+    def get(self, server_id: str) -> ServerJSON:
         return _in_store_order(self._call("GET", server_id)["server"])
 
-    def register(self, server_id, interval=None, labels=None, with_token=False):
+    def register(self, server_id: str, interval: Optional[float] = None,
+                 labels: Optional[Dict[str, str]] = None, with_token: bool = False
+                 ) -> Tuple[ServerJSON, Optional[str]]:
         check_server_id(server_id)  # the API's own message, before any request
-        body = {"server_id": server_id, "labels": labels or {}}
+        body: Dict[str, Any] = {"server_id": server_id, "labels": labels or {}}
         if interval is not None:
             body["interval"] = interval
         if with_token:
@@ -49,40 +54,43 @@ class RemoteAdmin:
         answer = self._call("POST", body=body, about=server_id)
         return _in_store_order(answer["server"]), answer.get("token")
 
-    def relabel(self, server_id, labels):
+    def relabel(self, server_id: str, labels: Dict[str, str]) -> ServerJSON:
         return _in_store_order(self._call("PATCH", server_id, body={"labels": labels})["server"])
 
-    def set_interval(self, server_id, interval):
+    def set_interval(self, server_id: str, interval: Optional[float]) -> ServerJSON:
         return _in_store_order(
             self._call("PATCH", server_id, body={"interval": interval})["server"])
 
-    def pause(self, server_id, duration=None, until=None, reason=None):
+    def pause(self, server_id: str, duration: Optional[str] = None,
+              until: Optional[float] = None, reason: Optional[str] = None) -> ServerJSON:
         body = {k: v for k, v in (("for", duration), ("until", until), ("reason", reason))
                 if v is not None}
         return _in_store_order(self._call("POST", server_id, "pause", body)["server"])
 
-    def resume(self, server_id):
+    def resume(self, server_id: str) -> ServerJSON:
         return _in_store_order(self._call("POST", server_id, "resume")["server"])
 
-    def retire(self, server_id, retired=True):
+    def retire(self, server_id: str, retired: bool = True) -> ServerJSON:
         action = "retire" if retired else "unretire"
         return _in_store_order(self._call("POST", server_id, action)["server"])
 
-    def remove(self, server_id):
+    def remove(self, server_id: str) -> None:
         self._call("DELETE", server_id)
 
-    def rotate_token(self, server_id, keep_previous_for=None):
+    def rotate_token(self, server_id: str, keep_previous_for: Optional[str] = None) -> str:
         body = {} if keep_previous_for is None else {"keep_previous_for": keep_previous_for}
         return self._call("POST", server_id, "token", body)["token"]
 
-    def revoke_token(self, server_id):
+    def revoke_token(self, server_id: str) -> None:
         self._call("DELETE", server_id, "token")
 
-    def forget_silent(self, days):
+    def forget_silent(self, days: float) -> int:
         raise RemoteError("servers forget has no admin API: run it where the store is "
                           "reachable, with --database-url or HEARTBEAT_DATABASE_URL")
 
-    def _call(self, method, server_id=None, action=None, body=None, about=None):
+    def _call(self, method: str, server_id: Optional[str] = None, action: Optional[str] = None,
+              body: Optional[Dict[str, Any]] = None, about: Optional[str] = None
+              ) -> Dict[str, Any]:
         """JSON answer of one admin API request; raises what the local operation would."""
         import requests
         url = f"{self.url}/api/servers"
@@ -107,17 +115,16 @@ class RemoteAdmin:
         if response.ok:
             return answer
         _raise(response.status_code, answer, about or server_id)
-        return {}  # not reached
 
 
-def _raise(status, answer, server_id):
+def _raise(status: int, answer: Dict[str, Any], server_id: Optional[str]) -> NoReturn:
     """Raise the exception the local operation raises for this API error answer."""
     reason = answer.get("error", "error")
     message = answer.get("message", "")
     if reason == "unknown_server":
-        raise UnknownServerError(server_id)
+        raise UnknownServerError(server_id or "")
     if reason == "server_exists":
-        raise ServerExistsError(server_id)
+        raise ServerExistsError(server_id or "")
     if reason == "server_limit":
         raise ServerLimitError(message)
     if status in _INPUT_STATUSES:
@@ -125,13 +132,13 @@ def _raise(status, answer, server_id):
     raise RemoteError(f"the bridge answered {status} {reason}: {message}")
 
 
-def _in_store_order(server):
+def _in_store_order(server: ServerJSON) -> ServerJSON:
     """The server's keys in Server.as_dict's order (unknown keys last, sorted)."""
     return dict(sorted(server.items(), key=lambda kv: (_KEY_ORDER.get(kv[0], len(_KEY_ORDER)),
                                                       kv[0])))
 
 
-def _short(exc):
+def _short(exc: Exception) -> str:
     """One line for a connection failure (requests nests the reason several levels deep)."""
     text = str(exc)
     for marker in ("Caused by ", "Failed to establish a new connection: "):

@@ -3,6 +3,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 from bridge.config import MAX_INTERVAL, MIN_INTERVAL
 from bridge.errors import BridgeError
@@ -19,6 +20,7 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}\Z")
 RESERVED_LABELS = frozenset({"server_id", "job", "instance", "le", "quantile", "hostname",
                              "agent_version", "reason", "version", "python_version"})
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+T = TypeVar("T")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -36,15 +38,15 @@ class InvalidInputError(BridgeError, ValueError):
 class Beat:
     """The optional facts an agent reports with a beat; None where not reported."""
 
-    interval: float = None
-    seq: int = None
-    boot_time: float = None
-    sent_at: float = None
-    hostname: str = None
-    agent_version: str = None
+    interval: Optional[float] = None
+    seq: Optional[int] = None
+    boot_time: Optional[float] = None
+    sent_at: Optional[float] = None
+    hostname: Optional[str] = None
+    agent_version: Optional[str] = None
 
 
-def check_server_id(server_id):
+def check_server_id(server_id: Any) -> str:
     """Raise InvalidInputError unless server_id is 1-128 of [A-Za-z0-9._-], letter/digit first."""
     if not isinstance(server_id, str) or not SERVER_ID.match(server_id):
         raise InvalidInputError(
@@ -54,7 +56,7 @@ def check_server_id(server_id):
     return server_id
 
 
-def finite_number(value):
+def finite_number(value: Any) -> Optional[float]:
     """value as a finite float, or None: not a number, a bool, NaN, an infinity, or an
     integer too large for a float (JSON allows 400 digits; float() would raise)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -66,7 +68,7 @@ def finite_number(value):
     return number if math.isfinite(number) else None
 
 
-def check_interval(value, field="interval"):
+def check_interval(value: Any, field: str = "interval") -> float:
     """A number of seconds between MIN_INTERVAL and MAX_INTERVAL."""
     value = finite_number(value)
     if value is None:
@@ -77,7 +79,7 @@ def check_interval(value, field="interval"):
     return float(value)
 
 
-def check_labels(labels):
+def check_labels(labels: Any) -> Dict[str, str]:
     """Operator labels: a small dict of Prometheus label names to string values."""
     if not isinstance(labels, dict):
         raise InvalidInputError("invalid_field", "labels must be an object of name: value", 422)
@@ -103,11 +105,12 @@ MAX_DURATION = 366 * 86400.0
 MAX_TIMESTAMP = 2.0 ** 33
 
 
-def parse_duration(value, field="duration", maximum=MAX_DURATION):
+def parse_duration(value: Any, field: str = "duration", maximum: float = MAX_DURATION) -> float:
     """Seconds, more than 0 and at most `maximum`, from a number or a string such as '90',
     '15m', '2h', '1d'."""
-    if isinstance(value, str) and _DURATION.match(value.strip()):
-        number, unit = _DURATION.match(value.strip()).groups()
+    match = _DURATION.match(value.strip()) if isinstance(value, str) else None
+    if match:
+        number, unit = match.groups()
         seconds = finite_number(float(number) * _UNITS[unit])
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = finite_number(value)
@@ -121,7 +124,8 @@ def parse_duration(value, field="duration", maximum=MAX_DURATION):
     return seconds
 
 
-def check_until(value, now, maximum=None, field="until"):
+def check_until(value: Any, now: float, maximum: Optional[float] = None,
+                field: str = "until") -> float:
     """A Unix time after `now` and, when `maximum` is given, at most `maximum` s after it."""
     until = finite_number(value)
     if until is None or not 0 <= until < MAX_TIMESTAMP:
@@ -134,7 +138,7 @@ def check_until(value, now, maximum=None, field="until"):
     return until
 
 
-def _human(seconds):
+def _human(seconds: float) -> str:
     """'72 h', '7 days', '90 s': a bound as people read it."""
     for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size and seconds % size == 0:
@@ -142,7 +146,7 @@ def _human(seconds):
     return f"{seconds:g} s"
 
 
-def parse_object(body, content_type):
+def parse_object(body: bytes, content_type: Optional[str]) -> Dict[str, Any]:
     """A JSON object from a small body (bytes, already size-checked); {} when empty."""
     if not body.strip():
         return {}
@@ -159,7 +163,7 @@ def parse_object(body, content_type):
     return data
 
 
-def parse_beat(body, content_type):
+def parse_beat(body: bytes, content_type: Optional[str]) -> Beat:
     """Validate a beat body; unknown fields are ignored."""
     data = parse_object(body, content_type)
     return Beat(
@@ -173,12 +177,12 @@ def parse_beat(body, content_type):
     )
 
 
-def _optional(data, name, check):
+def _optional(data: Dict[str, Any], name: str, check: Callable[[Any], T]) -> Optional[T]:
     value = data.get(name)
     return None if value is None else check(value)
 
 
-def _check_seq(value):
+def _check_seq(value: Any) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)  # JSON has one number type: 7.0 and 1e3 are integers too
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
@@ -186,8 +190,8 @@ def _check_seq(value):
     return value
 
 
-def _check_timestamp(name):
-    def check(value):
+def _check_timestamp(name: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
         number = finite_number(value)
         if number is None or not 0 <= number < MAX_TIMESTAMP:
             raise InvalidInputError("invalid_field", f"{name} must be a Unix time in seconds", 422)
@@ -195,9 +199,9 @@ def _check_timestamp(name):
     return check
 
 
-def check_text(name, limit):
+def check_text(name: str, limit: int) -> Callable[[Any], str]:
     """A checker for an optional text field: a string of at most `limit` printable characters."""
-    def check(value):
+    def check(value: Any) -> str:
         if not isinstance(value, str) or len(value) > limit or _has_control(value):
             raise InvalidInputError(
                 "invalid_field", f"{name} must be a string of at most {limit} printable "
@@ -206,7 +210,7 @@ def check_text(name, limit):
     return check
 
 
-def _has_control(text):
+def _has_control(text: str) -> bool:
     """Control characters, or lone surrogates: JSON's "\\ud800" decodes to one, and no UTF-8
     encoder accepts it (the store write or every later /metrics would fail)."""
     return any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)

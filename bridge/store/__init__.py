@@ -160,33 +160,33 @@ class Server(NamedTuple):
     paused_by: Optional[str] = None
     retired_by: Optional[str] = None
 
-    def interval(self, default):
+    def interval(self, default: float) -> float:
         """The promised interval: registered, else agent-declared, else the default."""
         return self.registered_interval or self.declared_interval or default
 
-    def is_paused(self, now):
+    def is_paused(self, now: float) -> bool:
         """Paused with no end, or paused until a time still to come."""
         return self.paused and (self.paused_until is None or self.paused_until > now)
 
-    def is_away(self, now):
+    def is_away(self, now: float) -> bool:
         """Said goodbye and is not yet due back."""
         return self.expected_back is not None and self.expected_back > now
 
     @property
-    def enrolment(self):
+    def enrolment(self) -> str:
         """'open' (no own token: the fleet token may enrol it), 'pending' (a token was issued
         and not yet used) or 'enrolled' (only its own token speaks for it)."""
         if not self.has_token:
             return "open"
         return "enrolled" if self.token_confirmed else "pending"
 
-    def as_dict(self, now, default_interval):
+    def as_dict(self, now: float, default_interval: float) -> Dict[str, Any]:
         """The server as JSON-ready values; a stored NaN or infinity reads as None, so no
         answer ever carries a value strict JSON cannot hold."""
         return {key: None if isinstance(value, float) and not math.isfinite(value) else value
                 for key, value in self._values(now, default_interval).items()}
 
-    def _values(self, now, default_interval):
+    def _values(self, now: float, default_interval: float) -> Dict[str, Any]:
         return {
             "server_id": self.server_id,
             "labels": self.labels,
@@ -390,7 +390,8 @@ def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
     raise ValueError(f"unsupported database URL: {url!r}")
 
 
-def rate_limit(tat, now, interval, burst):
+def rate_limit(tat: Optional[float], now: float, interval: float, burst: int
+               ) -> Tuple[Optional[float], Optional[float]]:
     """GCRA over one stored timestamp: (new_tat, None) if allowed, (tat, retry_after) if not.
 
     A server may beat `burst` times per promised interval on average, with bursts of up to

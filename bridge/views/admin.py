@@ -1,7 +1,7 @@
 """Admin API under /api/servers (admin token); 404 when HEARTBEAT_ADMIN_TOKEN is unset.
 
 Errors answer as they describe themselves (bridge.views.errors)."""
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -38,7 +38,7 @@ def _server_json(server: Server, status: int = 200, **extra: Any) -> Response:
 
 
 @bp.get("")
-def list_servers():
+def list_servers() -> Response:
     hb = state()
     now = hb.store.clock()
     return jsonify(servers=[s.as_dict(now, hb.settings.default_interval)
@@ -46,7 +46,7 @@ def list_servers():
 
 
 @bp.post("")
-def register_server():
+def register_server() -> Response:
     hb = state()
     data = _body()
     with_token = data.get("token")
@@ -60,12 +60,12 @@ def register_server():
 
 
 @bp.get("/<server_id>")
-def show_server(server_id):
+def show_server(server_id: str) -> Response:
     return _server_json(state().store.get(server_id))
 
 
 @bp.patch("/<server_id>")
-def update_server(server_id):
+def update_server(server_id: str) -> Response:
     hb = state()
     data = _body()
     changes = {key: data[key] for key in ("labels", "interval") if key in data}
@@ -73,40 +73,40 @@ def update_server(server_id):
 
 
 @bp.delete("/<server_id>")
-def remove_server(server_id):
+def remove_server(server_id: str) -> Tuple[str, int]:
     admin.remove(state().store, server_id)
     return "", 204
 
 
 @bp.post("/<server_id>/pause")
-def pause_server(server_id):
+def pause_server(server_id: str) -> Response:
     data = _body()
     return _server_json(admin.pause(state().store, server_id, duration=data.get("for"),
                                     until=data.get("until"), reason=data.get("reason")))
 
 
 @bp.post("/<server_id>/resume")
-def resume_server(server_id):
+def resume_server(server_id: str) -> Response:
     return _server_json(admin.resume(state().store, server_id))
 
 
 @bp.post("/<server_id>/retire")
-def retire_server(server_id):
+def retire_server(server_id: str) -> Response:
     return _server_json(admin.retire(state().store, server_id))
 
 
 @bp.post("/<server_id>/unretire")
-def unretire_server(server_id):
+def unretire_server(server_id: str) -> Response:
     return _server_json(admin.retire(state().store, server_id, retired=False))
 
 
 @bp.post("/<server_id>/token")
-def rotate_token(server_id):
+def rotate_token(server_id: str) -> Response:
     data = _body()
     token = admin.rotate_token(state().store, server_id, data.get("keep_previous_for"))
     return _server_json(state().store.get(server_id), token=token)
 
 
 @bp.delete("/<server_id>/token")
-def revoke_token(server_id):
+def revoke_token(server_id: str) -> Response:
     return _server_json(admin.revoke_token(state().store, server_id))

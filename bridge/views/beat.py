@@ -12,11 +12,22 @@ import math
 import time
 from http import HTTPStatus
 
-from bridge.store import (IntervalTooLongError, OperatorPausedError, RateLimitedError,
-                          ServerLimitError, StoreUnavailableError, UnknownServerError)
 from bridge import admin
-from bridge.validate import (MAX_BODY_BYTES, InvalidInputError, check_server_id, parse_beat,
-                             parse_object)
+from bridge.store import (
+    IntervalTooLongError,
+    OperatorPausedError,
+    RateLimitedError,
+    ServerLimitError,
+    StoreUnavailableError,
+    UnknownServerError,
+)
+from bridge.validate import (
+    MAX_BODY_BYTES,
+    InvalidInputError,
+    check_server_id,
+    parse_beat,
+    parse_object,
+)
 from bridge.views import log
 
 PREFIX = "/api/heartbeat"

@@ -1,15 +1,22 @@
 """GET /metrics: one store snapshot per scrape, rendered by bridge.exposition."""
+from typing import TYPE_CHECKING, Any, Callable, Dict, List
+
 from bridge.errors import error_body, wsgi_answer
 from bridge.exposition import render
 from bridge.store import StoreUnavailableError
 from bridge.views import log
 
+if TYPE_CHECKING:
+    from bridge.app import BridgeState
 
-def metrics_wsgi(bridge_state):
+WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], List[bytes]]
+
+
+def metrics_wsgi(bridge_state: "BridgeState") -> WSGIApp:
     """WSGI app for /metrics; a store outage answers 503, never stale data."""
     settings = bridge_state.settings
 
-    def app(environ, start_response):
+    def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return wsgi_answer(start_response, 405, error_body("method_not_allowed", "use GET"),
                                [("Allow", "GET, HEAD")])
