@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.parse
 from collections import namedtuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # http.client imports ssl (about 4 MB of resident memory) even for http:// URLs. It is
 # written to work on Pythons built without ssl, so the agent run as a program shows it
@@ -29,7 +30,7 @@ from collections import namedtuple
 # the agent makes its own TLS connections and imports ssl only for an https:// URL.
 _SSL_ABSENT = __name__ == "__main__" and "ssl" not in sys.modules
 if _SSL_ABSENT:
-    sys.modules["ssl"] = None  # None in sys.modules makes `import ssl` raise ImportError
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes `import ssl` raise ImportError
 try:
     import http.client
 finally:
@@ -203,7 +204,7 @@ def _file_layer(path, explicit):
 
 def _merge(layers):
     """Later layers win; a token and a token file in one layer is a mistake."""
-    merged = {}
+    merged: Dict[str, Tuple[Any, str]] = {}
     for layer in layers:
         if "token" in layer and "token_file" in layer:
             raise ConfigError(f"{layer['token'][1]} and {layer['token_file'][1]}: set only one")
@@ -266,7 +267,8 @@ def _tls_context(url, ca_file, where):
         raise ConfigError(f"{where}: cannot load {ca_file}: {reason}") from None
 
 
-def load_config(argv=None, environ=None):
+def load_config(argv: Optional[Sequence[str]] = None,
+                environ: Optional[Mapping[str, str]] = None) -> Tuple[Config, argparse.Namespace]:
     """(Config, args) from INI file < environment < flags; raises ConfigError."""
     environ = os.environ if environ is None else environ
     args = _arguments().parse_args(argv)
@@ -320,7 +322,7 @@ def _check_mode(args):
 
 # --- one beat --------------------------------------------------------------------------
 
-def boot_time():
+def boot_time() -> Optional[int]:
     """The kernel's boot time in Unix seconds (Linux), else None."""
     try:
         with open("/proc/stat", "rb") as f:
@@ -332,9 +334,11 @@ def boot_time():
     return None
 
 
-def build_payload(seq, interval, hostname, booted, sent_at):
+def build_payload(seq: int, interval: float, hostname: str, booted: Optional[int],
+                  sent_at: float) -> bytes:
     """Compact JSON of at most MAX_PAYLOAD bytes; the hostname is trimmed to fit."""
-    fields = {"interval": int(interval) if interval == int(interval) else interval, "seq": seq}
+    fields: Dict[str, Any] = {"interval": int(interval) if interval == int(interval) else interval,
+                              "seq": seq}
     if booted is not None:
         fields["boot_time"] = booted
     fields["sent_at"] = round(sent_at, 3)
@@ -349,9 +353,9 @@ def build_payload(seq, interval, hostname, booted, sent_at):
 
 def _resolve(host, port, timeout):
     """getaddrinfo in a helper thread, so a hung resolver is bounded and a signal stops us."""
-    result = []
+    result: List[Any] = []
 
-    def lookup():
+    def lookup() -> None:
         try:
             result.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except Exception as exc:  # OSError, or UnicodeError for a bad IDNA name
@@ -406,7 +410,7 @@ def _dropped(sock):
 class Client:
     """POSTs beats over one kept-alive connection, re-opened when the server closed it."""
 
-    def __init__(self, config):
+    def __init__(self, config: Config) -> None:
         parts = urllib.parse.urlsplit(config.url)
         self.path = f"{parts.path}/api/heartbeat/{config.server_id}/"
         self.headers = [("Content-Type", "application/json"),
@@ -414,18 +418,20 @@ class Client:
         self.set_token(config.token)
         self.sent = False  # whether the last request reached the wire whole
         port = parts.port or (443 if config.context else 80)  # explicit: "::1" has colons
+        self.conn: _HTTPConnection
         if config.context:
             self.conn = _HTTPSConnection(parts.hostname, port, config.timeout, config.context)
         else:
             self.conn = _HTTPConnection(parts.hostname, port, timeout=config.timeout)
 
-    def set_token(self, token):
+    def set_token(self, token: Optional[str]) -> None:
         """Send `token` (none if empty) from the next request on."""
         self.headers = [h for h in self.headers if h[0] != "Authorization"]
         if token:
             self.headers.insert(0, ("Authorization", f"Bearer {token}"))
 
-    def post(self, body, action="", method="POST"):
+    def post(self, body: bytes, action: str = "", method: str = "POST"
+             ) -> Tuple[int, Any, bytes]:
         """(status, headers, answer bytes) of METHOD .../<server_id>/<action>; raises OSError
         or http.client.HTTPException."""
         self.sent = False
@@ -462,7 +468,7 @@ class Client:
             self.conn.close()
         return response.status, response.headers, answer
 
-    def close(self):
+    def close(self) -> None:
         self.conn.close()
 
 
@@ -503,7 +509,7 @@ def _describe(exc, host, timeout):
     return exc.strerror or str(exc) or type(exc).__name__
 
 
-def classify(status, headers, answer):
+def classify(status: int, headers: Any, answer: bytes) -> Outcome:
     """Outcome of one HTTP answer."""
     if 200 <= status < 300:
         return Outcome(True, status, "", None, answer)
@@ -518,7 +524,7 @@ def classify(status, headers, answer):
     return Outcome(False, status, f"HTTP {status} {_one_line(reason)}", retry, answer)
 
 
-def exchange(client, body, action="", method="POST"):
+def exchange(client: Client, body: bytes, action: str = "", method: str = "POST") -> Outcome:
     """One request; an Outcome, never an exception (bar KeyboardInterrupt)."""
     try:
         return classify(*client.post(body, action, method))
@@ -533,7 +539,7 @@ class Identity:
     """The token the agent speaks with: its own once the bridge issued one (enrolment), kept
     in the state directory; until then the configured (fleet) token."""
 
-    def __init__(self, config, log=None):
+    def __init__(self, config: Config, log: Optional[Callable[[str], None]] = None) -> None:
         self.configured = config.token
         self.log = log or _log
         self.path = os.path.join(config.state_dir, f"{config.server_id}.token")
@@ -541,11 +547,11 @@ class Identity:
         self.warned = False
 
     @property
-    def token(self):
+    def token(self) -> Optional[str]:
         return self.own or self.configured
 
     @property
-    def source(self):
+    def source(self) -> Optional[str]:
         return f"state file {self.path}" if self.own else None
 
     def _load(self):
@@ -558,7 +564,7 @@ class Identity:
             self.log(f"ignoring {self.path}: {getattr(exc, 'strerror', None) or 'not a token'}")
             return None
 
-    def adopt(self, answer):
+    def adopt(self, answer: Any) -> bool:
         """Keep a token the bridge issued; True when the agent now speaks with it. A token
         that cannot be kept is not used: after a restart the agent would have lost it."""
         token = answer.get("token")
@@ -584,7 +590,7 @@ class Identity:
         self.own = token
         return True
 
-    def drop(self):
+    def drop(self) -> None:
         """The bridge refused our own token (an operator revoked it): enrol again."""
         self.own = None
         try:
@@ -593,7 +599,8 @@ class Identity:
             pass
 
 
-def send(client, identity, body, action="", method="POST"):
+def send(client: Client, identity: Identity, body: bytes, action: str = "",
+         method: str = "POST") -> Outcome:
     """One request with the agent's token: adopts a token the bridge issues, and enrols
     again with the configured token when an operator revoked its own. An Outcome."""
     outcome = exchange(client, body, action, method)
@@ -618,8 +625,11 @@ def _one_line(text, limit=200):
 class Agent:
     """Beats on a drift-free monotonic schedule; logs state changes, never a line per beat."""
 
-    def __init__(self, config, log=None, clock=time.monotonic, wall=time.time, sleep=time.sleep,
-                 uniform=random.uniform):
+    def __init__(self, config: Config, log: Optional[Callable[[str], None]] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 uniform: Callable[[float, float], float] = random.uniform) -> None:
         self.config = config
         self.log = log or _log
         self.identity = Identity(config, self.log)
@@ -630,7 +640,7 @@ class Agent:
         self.hostname = socket.gethostname()
         self.booted = boot_time()
 
-    def beat(self):
+    def beat(self) -> Outcome:
         """Send one beat; an Outcome, never an exception (bar KeyboardInterrupt)."""
         body = build_payload(self.seq, self.config.interval, self.hostname, self.booted,
                              self.wall())
@@ -638,7 +648,7 @@ class Agent:
         self.last_body = body
         return send(self.client, self.identity, body)
 
-    def run(self, max_beats=None):
+    def run(self, max_beats: Optional[int] = None) -> None:
         """Beat until interrupted (or max_beats attempts, for measurements)."""
         interval = self.config.interval
         delay = self.uniform(0, self.config.initial_delay) if self.config.initial_delay else 0
@@ -675,7 +685,7 @@ class Agent:
                 ceiling = min(interval, FIRST_BACKOFF * 2 ** min(failures - 1, 20))
                 due = now + self.uniform(ceiling / 2, ceiling)
 
-    def goodbye(self, timeout=GOODBYE_TIMEOUT):
+    def goodbye(self, timeout: float = GOODBYE_TIMEOUT) -> Outcome:
         """After a clean stop: tell the bridge, from the same process, so no later beat of
         ours can cancel it; one line either way. Bounded, so a stop stays quick."""
         conn = self.client.conn
@@ -751,7 +761,7 @@ def _check(agent):
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def goodbye_body(config, retire=False):
+def goodbye_body(config: Config, retire: bool = False) -> bytes:
     return json.dumps({"back_within": config.back_within, "retire": retire},
                       separators=(",", ":")).encode()
 
@@ -816,11 +826,12 @@ def _accepted(server_id, what, answer):
     return f"maintenance: alerts for {server_id} paused until {at('paused_until')}"
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit code."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    agent = args = None
+    agent: Optional[Agent] = None
+    args: Optional[argparse.Namespace] = None
     try:
         config, args = load_config(argv)
         if args.goodbye or args.maintenance is not None:
@@ -842,7 +853,7 @@ def main(argv=None):
             return EXIT_FAILED  # a one-shot command cut short: nothing confirmed
         if args:
             _log("stopped")
-        if agent and args.goodbye_on_exit:  # a clean stop: a crash never gets here
+        if agent and args and args.goodbye_on_exit:  # a clean stop: a crash never gets here
             agent.goodbye()
     finally:
         if agent:
