@@ -11,6 +11,11 @@ import asyncio
 import logging
 import queue
 import threading
+from typing import Any, Callable, List, Optional, Tuple
+
+Job = Callable[[], Any]
+Fail = Callable[[BaseException], Any]
+Outcome = Tuple["asyncio.Future[Any]", Any, Optional[BaseException]]
 
 log = logging.getLogger("bridge")
 _STOP = object()
@@ -20,32 +25,34 @@ class GroupWriter:
     """Group commit for one process. submit() is called from the loop; the rest runs on the
     writer thread."""
 
-    def __init__(self, store, max_batch=256):
+    def __init__(self, store: Any, max_batch: int = 256) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue = queue.SimpleQueue()
-        self._loop = None
-        self._thread = None
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
 
-    def start(self, loop):
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, job, fail):
+    def submit(self, job: Job, fail: Fail) -> "asyncio.Future[Any]":
         """A future for job()'s result once its batch committed (or fail(exc) if it did not)."""
+        assert self._loop is not None, "start() first"
         future = self._loop.create_future()
         self._queue.put((job, fail, future))
         return future
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Finish what is queued, then end the thread."""
         if self._thread is not None:
             self._queue.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None
 
-    def _run(self):
+    def _run(self) -> None:
+        assert self._loop is not None
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -67,9 +74,9 @@ class GroupWriter:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
 
-    def _run_batch(self, jobs):
+    def _run_batch(self, jobs: List[Any]) -> List[Outcome]:
         """[(future, result, exception)] for each job."""
-        outcomes = []
+        outcomes: List[Outcome] = []
         try:
             with self.store.batch():
                 for job, _, future in jobs:
@@ -90,7 +97,7 @@ class GroupWriter:
         return outcomes
 
 
-def _resolve(outcomes):
+def _resolve(outcomes: List[Outcome]) -> None:
     for future, result, exc in outcomes:
         if future.done():  # cancelled: the request's task is gone
             continue

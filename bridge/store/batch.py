@@ -13,6 +13,7 @@ Nothing in the individual operations knows about batches: they all go through
 """
 import threading
 from contextlib import contextmanager
+from typing import Any, ContextManager, Iterator
 
 from bridge.store import StoreError, StoreUnavailableError
 
@@ -22,8 +23,16 @@ _SAVEPOINT = "op"
 class Batches:
     """Mixin for a SQLStore whose backend opens its own transactions in `_begin(write)`."""
 
+    def _begin(self, write: bool) -> ContextManager[Any]:
+        """A transaction of the backend's own (the backend overrides this)."""
+        raise NotImplementedError
+
+    def _translate_errors(self) -> ContextManager[None]:
+        """Driver errors as StoreUnavailableError (the backend overrides this)."""
+        raise NotImplementedError
+
     @contextmanager
-    def batch(self):
+    def batch(self) -> Iterator[None]:
         """One write transaction on this thread that every operation run inside joins."""
         local = self._batch_local()
         if getattr(local, "cur", None) is not None:
@@ -46,7 +55,7 @@ class Batches:
             raise StoreUnavailableError(f"the commit failed: {exc}") from exc
 
     @contextmanager
-    def _transaction(self, write):
+    def _transaction(self, write: bool) -> Iterator[Any]:
         """A cursor in a transaction of its own, or inside this thread's open batch."""
         cur = getattr(self._batch_local(), "cur", None)
         if cur is None:
@@ -66,7 +75,7 @@ class Batches:
                 raise
             cur.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
 
-    def _batch_local(self):
+    def _batch_local(self) -> threading.local:
         # Per store instance (two stores in one process never share a batch); setdefault
         # is atomic, so racing threads end up with the same object.
         return self.__dict__.get("_batches") or self.__dict__.setdefault(
