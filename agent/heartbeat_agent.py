@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.parse
 from collections import namedtuple
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 # http.client imports ssl (about 4 MB of resident memory) even for http:// URLs. It is
 # written to work on Pythons built without ssl, so the agent run as a program shows it
@@ -64,8 +64,8 @@ class ConfigError(ValueError):
 
 # --- configuration ---------------------------------------------------------------------
 
-def _number(low, high):
-    def parse(text):
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
@@ -76,8 +76,8 @@ def _number(low, high):
     return parse
 
 
-def _duration(high):
-    def parse(text):
+def _duration(high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         match = DURATION.match(text.strip())
         seconds = float(match.group(1)) * UNITS[match.group(2)] if match else 0.0
         if not 1 <= seconds <= high:
@@ -87,7 +87,7 @@ def _duration(high):
     return parse
 
 
-def _human(seconds):
+def _human(seconds: float) -> str:
     """604800 -> '7d', 5400 -> '90m', 45.5 -> '45.5s'."""
     for unit in "dhm":
         if seconds >= UNITS[unit] and seconds % UNITS[unit] == 0:
@@ -95,7 +95,7 @@ def _human(seconds):
     return f"{seconds:g}s"
 
 
-def _url(text):
+def _url(text: str) -> str:
     parts = urllib.parse.urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// URL with a host, got {text!r}")
@@ -108,21 +108,21 @@ def _url(text):
     return text.rstrip("/")
 
 
-def _server_id(text):
+def _server_id(text: str) -> str:
     if not SERVER_ID.match(text):
         raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-', "
                          f"starting with a letter or digit, got {text!r}")
     return text
 
 
-def _token(text):
+def _token(text: str) -> str:
     if not TOKEN.match(text):
         raise ValueError("must be printable ASCII without spaces")
     return text
 
 
 # setting: (environment variable, flag, parser); every one may also be an INI key
-SETTINGS = {
+SETTINGS: Dict[str, Tuple[str, Optional[str], Callable[[str], Any]]] = {
     "url": ("HEARTBEAT_URL", "--url", _url),
     "server_id": ("HEARTBEAT_SERVER_ID", "--server-id", _server_id),
     "token": ("HEARTBEAT_TOKEN", None, _token),  # no flag: argv is visible to every user
@@ -138,7 +138,7 @@ DEFAULT_BACK_WITHIN = 900  # a reboot that never comes back still pages, 15 minu
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments:"):
             # argparse lists the words it did not take; one may be a token typed as a value
             names = [w.split("=")[0] for w in message.split(":", 1)[1].split()
@@ -148,7 +148,7 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _arguments():
+def _arguments() -> argparse.ArgumentParser:
     # allow_abbrev=False: '--token SECRET' must not be taken as '--token-file SECRET'
     parser = _Parser(prog="heartbeat-agent", description="Send heartbeats to a heartbeat-bridge.",
                      allow_abbrev=False)
@@ -178,7 +178,7 @@ def _arguments():
     return parser
 
 
-def _file_layer(path, explicit):
+def _file_layer(path: str, explicit: bool) -> Dict[str, Tuple[str, str]]:
     """{setting: (value, where)} from the [agent] section; a missing default file is fine."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
@@ -202,7 +202,8 @@ def _file_layer(path, explicit):
     return layer
 
 
-def _merge(layers):
+def _merge(layers: List[Dict[str, Tuple[Any, str]]]
+           ) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """Later layers win; a token and a token file in one layer is a mistake."""
     merged: Dict[str, Tuple[Any, str]] = {}
     for layer in layers:
@@ -221,13 +222,13 @@ def _merge(layers):
     return values, {name: where for name, (_, where) in merged.items()}
 
 
-def _shown_path(path):
+def _shown_path(path: str) -> str:
     """A path as error messages show it: a name without a '/' may be a token typed by mistake
     where a file was meant, so it is not repeated."""
     return path if os.sep in path else "the file named there"
 
 
-def _read_token(path, where):
+def _read_token(path: str, where: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read(4096).strip()
@@ -242,7 +243,8 @@ def _read_token(path, where):
         raise ConfigError(f"{where}: the token in {_shown_path(path)} {exc}") from None
 
 
-def _token_from(values, where, environ):
+def _token_from(values: Dict[str, Any], where: Dict[str, str], environ: Mapping[str, str]
+                ) -> Tuple[str, str]:
     """(token, where it came from): token file, token, else the systemd credential."""
     if "token_file" in values:
         return _read_token(values["token_file"], where["token_file"]), where["token_file"]
@@ -255,7 +257,7 @@ def _token_from(values, where, environ):
     return "", ""
 
 
-def _tls_context(url, ca_file, where):
+def _tls_context(url: str, ca_file: Optional[str], where: str) -> Any:
     """A verifying client context for https:// URLs (None for http://)."""
     if not url.startswith("https:"):
         return None
@@ -304,7 +306,7 @@ def load_config(argv: Optional[Sequence[str]] = None,
     return config, args
 
 
-def _check_mode(args):
+def _check_mode(args: argparse.Namespace) -> None:
     """Flags that belong to one mode only; --maintenance's value, in seconds, when not 'end'."""
     if args.goodbye_on_exit and (args.once or args.check or args.goodbye
                                  or args.maintenance is not None):
@@ -351,7 +353,7 @@ def build_payload(seq: int, interval: float, hostname: str, booted: Optional[int
     return body
 
 
-def _resolve(host, port, timeout):
+def _resolve(host: str, port: int, timeout: Optional[float]) -> List[Any]:
     """getaddrinfo in a helper thread, so a hung resolver is bounded and a signal stops us."""
     result: List[Any] = []
 
@@ -371,7 +373,7 @@ def _resolve(host, port, timeout):
 
 
 class _HTTPConnection(http.client.HTTPConnection):
-    def connect(self):
+    def connect(self) -> None:
         error = OSError(f"no address for {self.host}")
         for family, kind, proto, _, address in _resolve(self.host, self.port, self.timeout):
             sock = socket.socket(family, kind, proto)
@@ -390,16 +392,16 @@ class _HTTPConnection(http.client.HTTPConnection):
 class _HTTPSConnection(_HTTPConnection):
     default_port = 443
 
-    def __init__(self, host, port, timeout, context):
+    def __init__(self, host: str, port: int, timeout: float, context: Any) -> None:
         super().__init__(host, port, timeout=timeout)
         self.context = context
 
-    def connect(self):
+    def connect(self) -> None:
         super().connect()
         self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
 
 
-def _dropped(sock):
+def _dropped(sock: socket.socket) -> bool:
     """True if an idle kept-alive socket was closed by the server (readable means EOF)."""
     try:
         return bool(select.select([sock], [], [], 0)[0])
@@ -455,7 +457,7 @@ class Client:
             self.conn.close()
             raise
 
-    def _exchange(self, method, path, body):
+    def _exchange(self, method: str, path: str, body: bytes) -> Tuple[int, Any, bytes]:
         self.conn.putrequest(method, path, skip_accept_encoding=True)
         for name, value in self.headers:
             self.conn.putheader(name, value)
@@ -472,7 +474,7 @@ class Client:
         self.conn.close()
 
 
-def _retry_after(value):
+def _retry_after(value: Optional[str]) -> Optional[float]:
     """Seconds from a Retry-After header (seconds or an HTTP date), or None."""
     if not value:
         return None
@@ -486,7 +488,7 @@ def _retry_after(value):
         return None
 
 
-def _describe(exc, host, timeout):
+def _describe(exc: Exception, host: str, timeout: Optional[float]) -> str:
     """A short, stable reason for a failed exchange."""
     ssl = sys.modules.get("ssl")  # not loaded: no TLS, no TLS errors
     if isinstance(exc, socket.gaierror):
@@ -506,7 +508,7 @@ def _describe(exc, host, timeout):
         return "the bridge closed the connection without answering"
     if isinstance(exc, http.client.HTTPException):
         return f"bad answer ({type(exc).__name__})"
-    return exc.strerror or str(exc) or type(exc).__name__
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def classify(status: int, headers: Any, answer: bytes) -> Outcome:
@@ -554,7 +556,7 @@ class Identity:
     def source(self) -> Optional[str]:
         return f"state file {self.path}" if self.own else None
 
-    def _load(self):
+    def _load(self) -> Optional[str]:
         try:
             with open(self.path, encoding="ascii") as f:
                 return _token(f.read(4096).strip())
@@ -617,7 +619,7 @@ def send(client: Client, identity: Identity, body: bytes, action: str = "",
     return outcome
 
 
-def _one_line(text, limit=200):
+def _one_line(text: str, limit: int = 200) -> str:
     """Text from the other end, made safe for one log line."""
     return "".join(c if c.isprintable() else " " for c in text[:limit])
 
@@ -702,7 +704,7 @@ class Agent:
             self.log(f"goodbye failed: {outcome.reason}")
         return outcome
 
-    def _sleep_until(self, deadline):
+    def _sleep_until(self, deadline: float) -> None:
         while True:
             left = deadline - self.clock()
             if left <= 0:
@@ -710,12 +712,12 @@ class Agent:
             self.sleep(left)
 
 
-def _next_slot(slot, now, interval):
+def _next_slot(slot: float, now: float, interval: float) -> float:
     """The first slot of the grid slot + k * interval (k >= 1) not before now."""
     return slot + max(1, -(-(now - slot) // interval)) * interval
 
 
-def _log(message):
+def _log(message: str) -> None:
     try:
         sys.stderr.write(f"heartbeat-agent: {message}\n")
         sys.stderr.flush()
@@ -723,11 +725,11 @@ def _log(message):
         pass
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _check(agent):
+def _check(agent: "Agent") -> int:
     """Settings, then each step of one beat as it happened; never a token's characters."""
     config, identity = agent.config, agent.identity
     source = identity.source or config.token_source
@@ -766,7 +768,7 @@ def goodbye_body(config: Config, retire: bool = False) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def _announce(config, args):
+def _announce(config: Config, args: argparse.Namespace) -> int:
     """--goodbye and --maintenance: one request, one line; the exit code."""
     if args.goodbye:
         what, action, method = "goodbye", "goodbye", "POST"
@@ -797,7 +799,7 @@ def _announce(config, args):
     return EXIT_OK
 
 
-def _answer(outcome):
+def _answer(outcome: Outcome) -> Dict[str, Any]:
     """The bridge's JSON answer as a dict ({} if it is not one)."""
     try:
         answer = json.loads(outcome.answer)
@@ -806,9 +808,9 @@ def _answer(outcome):
     return answer if isinstance(answer, dict) else {}
 
 
-def _accepted(server_id, what, answer):
+def _accepted(server_id: str, what: str, answer: Dict[str, Any]) -> str:
     """The line that confirms what the bridge accepted."""
-    def at(key):
+    def at(key: str) -> str:
         when = answer.get(key)
         if isinstance(when, (int, float)) and not isinstance(when, bool):
             try:
