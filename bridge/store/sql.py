@@ -248,9 +248,11 @@ class SQLStore:
             if _one(cur, "SELECT 1 FROM servers WHERE server_id = ?", (server_id,)):
                 raise ServerExistsError(server_id)
             self._insert_locked(cur, server_id, now, max_servers, explain=True)
-            cur.execute("UPDATE servers SET registered_interval = ?, labels = ?, token_hash = ? "
-                        "WHERE server_id = ?",
-                        (interval, _dump_labels(labels or {}), token_hash, server_id))
+            # an operator's token is confirmed: the fleet token never speaks for this server
+            cur.execute("UPDATE servers SET registered_interval = ?, labels = ?, token_hash = ?, "
+                        "token_confirmed = ? WHERE server_id = ?",
+                        (interval, _dump_labels(labels or {}), token_hash,
+                         1 if token_hash else 0, server_id))
         return self.get(server_id)
 
     def update(self, server_id: str, labels: Dict[str, str] = UNSET,
