@@ -7,11 +7,9 @@ import pytest
 
 from bridge.app import create_app
 from bridge.store import open_store
-from tests.tools import (  # noqa: F401  (re-exported while files still import them here)
+from tests.tools import (
     ADMIN_TOKEN,
     FLEET_TOKEN,
-    POSTGRES_BASE,
-    START,
     Bridge,
     FakeClock,
     make_settings,

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, FLEET_TOKEN
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN
 
 FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
