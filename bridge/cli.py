@@ -145,7 +145,12 @@ def _print_server(data: Dict[str, Any], as_json: bool = False) -> None:
 
 
 def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+    """ISO 8601 in UTC; any stored value prints, even one past the calendar's range."""
+    try:
+        return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(
+            timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return "out of the calendar's range"
 
 
 def servers_list(args: argparse.Namespace, settings: Settings) -> None:

@@ -104,3 +104,27 @@ def test_a_bad_database_url_is_named(tmp_path):
                             timeout=30)
     assert result.returncode == 2
     assert "HEARTBEAT_DATABASE_URL" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("--until", "nan"), ("--until", "inf"), ("--until=-inf",), ("--until", "1e400"),
+    ("--until", "9223372036854775808"), ("--for", "1" + "0" * 400),
+])
+def test_pause_refuses_times_no_clock_can_reach(db, args):
+    cli(db, "servers", "register", "db-1")
+    result = cli(db, "servers", "pause", "db-1", *args, expect=2)
+    assert "Traceback" not in result.stderr and "must be" in result.stderr
+    assert show(db, "db-1")["paused"] is False
+
+
+def test_show_and_list_print_any_stored_value(db):
+    cli(db, "servers", "register", "db-1")
+    store = open_store(db)
+    store.pause("db-1", until=1e13)  # year 318857: as an older bridge could have stored it
+    store.register("db-2")
+    store.pause("db-2", until=float("inf"))
+    text = cli(db, "servers", "show", "db-1").stdout
+    assert "out of the calendar's range" in text
+    assert show(db, "db-2")["paused_until"] is None
+    listing = json.loads(cli(db, "servers", "list", "--json").stdout)
+    assert {s["server_id"] for s in listing} == {"db-1", "db-2"}
