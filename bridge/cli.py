@@ -168,12 +168,13 @@ def servers_list(args: argparse.Namespace, settings: Settings) -> None:
         print(json.dumps(servers, indent=2))
         return
     print(f"{'SERVER_ID':32} {'STATE':10} {'LAST_SEEN':25} {'INTERVAL':>8} {'BEATS':>8} "
-          f"{'PAUSED':6} LABELS")
+          f"{'PAUSED':6} {'ENROLMENT':9} LABELS")
     for s in servers:
         seen = _iso(s["last_seen"]) if s["last_seen"] else "never"
         labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
         print(f"{s['server_id']:32} {s['state']:10} {seen:25} {s['interval']:>8g} "
-              f"{s['beats_total']:>8} {'yes' if s['paused'] else 'no':6} {labels}")
+              f"{s['beats_total']:>8} {'yes' if s['paused'] else 'no':6} {s['enrolment']:9} "
+              f"{labels}")
 
 
 def servers_show(args: argparse.Namespace, settings: Settings) -> None:

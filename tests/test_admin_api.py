@@ -146,3 +146,29 @@ def test_the_admin_api_is_unreachable_without_an_admin_token_set(app_factory, st
         assert response.status_code == 404
         assert response.get_json()["error"] == "admin_disabled"
     assert store.list() == []
+
+
+HUGE = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("method,path,raw", [
+    ("post", "/api/servers", '{"server_id": "db-9", "interval": ' + HUGE + '}'),
+    ("post", "/api/servers", '{"server_id": "db-9", "interval": NaN}'),
+    ("patch", "/api/servers/db-1", '{"interval": ' + HUGE + '}'),
+    ("patch", "/api/servers/db-1", '{"interval": 1e400}'),
+    ("post", "/api/servers/db-1/pause", '{"for": ' + HUGE + '}'),
+    ("post", "/api/servers/db-1/pause", '{"until": ' + HUGE + '}'),
+    ("post", "/api/servers/db-1/pause", '{"until": 9223372036854775808}'),
+    ("post", "/api/servers/db-1/pause", '{"until": Infinity}'),
+    ("post", "/api/servers/db-1/pause", '{"until": NaN}'),
+    ("post", "/api/servers/db-1/token", '{"keep_previous_for": ' + HUGE + '}'),
+    ("post", "/api/servers/db-1/token", '{"keep_previous_for": 1e400}'),
+])
+def test_numbers_beyond_a_float_or_the_store_get_422_and_change_nothing(client, store, method,
+                                                                        path, raw):
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "db-1"})
+    before = store.snapshot().servers
+    response = getattr(client, method)(path, data=raw, headers=ADMIN,
+                                       content_type="application/json")
+    assert (response.status_code, response.get_json()["error"]) == (422, "invalid_field")
+    assert store.snapshot().servers == before

@@ -128,3 +128,13 @@ def test_show_and_list_print_any_stored_value(db):
     assert show(db, "db-2")["paused_until"] is None
     listing = json.loads(cli(db, "servers", "list", "--json").stdout)
     assert {s["server_id"] for s in listing} == {"db-1", "db-2"}
+
+
+def test_list_shows_each_servers_enrolment(db):
+    cli(db, "servers", "register", "db-1", "--token")
+    cli(db, "servers", "register", "db-2")
+    rows = {line.split()[0]: line.split() for line in
+            cli(db, "servers", "list").stdout.splitlines()[1:]}
+    assert "enrolled" in rows["db-1"] and "open" in rows["db-2"]
+    cli(db, "tokens", "revoke", "db-1")
+    assert show(db, "db-1")["enrolment"] == "open"
