@@ -9,16 +9,15 @@ a2wsgi, so a 100,000-server /metrics render never runs in the loop.
 """
 import asyncio
 import functools
-import json
 import logging
 import time
 
 from a2wsgi import WSGIMiddleware
 
 from bridge.app import create_app
-from bridge.store import StoreUnavailableError
+from bridge.errors import encode
 from bridge.validate import MAX_BODY_BYTES
-from bridge.views.beat import _STORE_REJECTIONS, PREFIX, _route
+from bridge.views.beat import PREFIX, _route
 from bridge.writer import GroupWriter
 
 log = logging.getLogger("bridge")
@@ -84,7 +83,7 @@ class BridgeASGI:
             functools.partial(self.beats.handle, scope["method"], server_id, action,
                               authorization, content_type, body),
             functools.partial(self._unavailable, server_id))
-        payload = json.dumps(answer, separators=(",", ":")).encode()
+        payload = encode(answer)
         await send({"type": "http.response.start", "status": status, "headers": [
             _JSON, (b"content-length", str(len(payload)).encode())] + [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]})
@@ -93,8 +92,7 @@ class BridgeASGI:
 
     def _unavailable(self, server_id, exc):
         """The answer to a request whose batch did not commit: nothing was acknowledged."""
-        reason, status, message = _STORE_REJECTIONS[StoreUnavailableError]
-        return self.beats._reject(server_id, reason, status, message, [("Retry-After", "5")])
+        return self.beats.unavailable(server_id)
 
 
 async def _read_body(receive, length):

@@ -7,20 +7,11 @@ The busiest endpoint by far, so it is a plain WSGI app mounted beside Flask (as
 /metrics is): Flask's request and response machinery cost about 170 us of the 240 us a
 beat took in-process, and this path needs none of it.
 """
-import json
-import math
 import time
-from http import HTTPStatus
 
 from bridge import admin
-from bridge.store import (
-    IntervalTooLongError,
-    OperatorPausedError,
-    RateLimitedError,
-    ServerLimitError,
-    StoreUnavailableError,
-    UnknownServerError,
-)
+from bridge.errors import BridgeError, error_body, wsgi_answer
+from bridge.store import StoreUnavailableError
 from bridge.validate import (
     MAX_BODY_BYTES,
     InvalidInputError,
@@ -32,19 +23,9 @@ from bridge.views import log
 
 PREFIX = "/api/heartbeat"
 
-# Store outcomes that reject a beat: reason, status, message.
-_STORE_REJECTIONS = {
-    UnknownServerError: ("unknown_server", 404,
-                         "this server is not registered and auto-registration is off"),
-    ServerLimitError: ("server_limit", 403,
-                       "the bridge has reached its server limit (HEARTBEAT_MAX_SERVERS)"),
-    StoreUnavailableError: ("store_unavailable", 503,
-                            "the store is unavailable; nothing was recorded, retry"),
-    OperatorPausedError: ("operator_pause", 409,
-                          "an operator paused this server; only an operator can change or end "
-                          "that pause"),
-}
-_STATUS_LINES = {code.value: f"{code.value} {code.phrase}" for code in HTTPStatus}
+# What a host is told when the store is down: its beat was not kept (the errors' own
+# words everywhere else: bridge.errors).
+NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
 
 
 class BeatEndpoint:
@@ -65,12 +46,9 @@ class BeatEndpoint:
             status, body, headers = self.handle(
                 environ["REQUEST_METHOD"], server_id, action,
                 environ.get("HTTP_AUTHORIZATION"), environ.get("CONTENT_TYPE"), body)
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        headers = [("Content-Type", "application/json"),
-                   ("Content-Length", str(len(payload)))] + headers
-        start_response(_STATUS_LINES[status], headers)
+        answer = wsgi_answer(start_response, status, body, headers)
         self.observe(action or "beat", status, time.perf_counter() - started)
-        return [payload]
+        return answer
 
     def handle(self, method, server_id, action, authorization, content_type, body):
         """(status, JSON body, extra headers) for one request, from plain values.
@@ -81,8 +59,7 @@ class BeatEndpoint:
         methods = _ACTIONS[action]
         if method not in methods:
             allowed = ", ".join(sorted(methods))
-            return 405, {"error": "method_not_allowed", "message": f"use {allowed}"}, [
-                ("Allow", allowed)]
+            return 405, error_body("method_not_allowed", f"use {allowed}"), [("Allow", allowed)]
         hb = self.state
         try:
             check_server_id(server_id)
@@ -97,21 +74,18 @@ class BeatEndpoint:
                 # answered with a new one: a lost answer never locks the host out.
                 answer["token"] = admin.enrol(hb.store, server_id)
             return 200, answer, []
-        except InvalidInputError as exc:
-            return self._reject(server_id, exc.reason, exc.status, exc.message)
-        except IntervalTooLongError as exc:
-            return self._reject(server_id, "invalid_field", 422,
-                                f"{exc}; an operator can pin a longer one (set-interval)")
-        except RateLimitedError as exc:
-            return self._reject(server_id, "rate_limited", 429,
-                                "beating far faster than the promised interval",
-                                [("Retry-After", str(max(1, math.ceil(exc.retry_after))))])
-        except tuple(_STORE_REJECTIONS) as exc:
-            reason, status, message = _STORE_REJECTIONS[type(exc)]
-            if status == 503:
-                log.error("beat for %r not recorded: %s", server_id, exc)
-            return self._reject(server_id, reason, status, message,
-                                [("Retry-After", "5")] if status == 503 else [])
+        except StoreUnavailableError as exc:
+            log.error("beat for %r not recorded: %s", server_id, exc)
+            return self.unavailable(server_id)
+        except BridgeError as exc:  # input, token and store refusals, as each describes itself
+            if exc.status == 500:
+                raise  # not a refusal: the server's last-resort handler answers and logs it
+            return self._reject(server_id, exc.reason, exc.status, exc.message, exc.headers())
+
+    def unavailable(self, server_id):
+        """The answer to a request the store did not commit: nothing was acknowledged."""
+        exc = StoreUnavailableError()
+        return self._reject(server_id, exc.reason, exc.status, NOT_RECORDED, exc.headers())
 
 
     def _reject(self, server_id, reason, status, message, headers=()):
@@ -122,7 +96,7 @@ class BeatEndpoint:
             headers.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
         if status == 413:
             headers.append(("Connection", "close"))  # the rest of the body is not read
-        return status, {"error": reason, "message": message}, headers
+        return status, error_body(reason, message), headers
 
 
 def _beat(hb, server_id, body, content_type):
