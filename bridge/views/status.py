@@ -6,11 +6,9 @@ name), which browsers can send. With protection on and neither token set, both
 answer 404 saying how to turn the page on.
 """
 import hashlib
-import hmac
 
 from flask import Blueprint, current_app, render_template, request
 
-from bridge.auth import hash_token
 from bridge.status import (
     DOWN_AFTER,
     HAYSTACK,
@@ -25,7 +23,6 @@ from bridge.status import (
 )
 from bridge.status_cache import SnapshotCache
 from bridge.status_query import pages, parse_query, select
-from bridge.validate import InvalidInputError
 from bridge.views import error, state
 
 bp = Blueprint("status", __name__)
@@ -40,16 +37,15 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
 
 @bp.before_request
 def require_access():
-    settings = state().settings
-    if settings.status_public:
+    hb = state()
+    if hb.settings.status_public:
         return None
-    tokens = [t for t in (settings.status_token, settings.admin_token) if t]
-    if not tokens:
+    if not hb.auth.status_enabled:
         return error("status_disabled", 404,
                      "the status page is off: set HEARTBEAT_STATUS_TOKEN (or "
                      "HEARTBEAT_ADMIN_TOKEN) to protect it, or HEARTBEAT_STATUS_PUBLIC=true "
                      "to make it public")
-    if not _token_matches(_presented_token(), tokens):
+    if not hb.auth.check_status(_presented_token()):
         scheme = "Bearer" if request.path.startswith("/api/") else "Basic"
         return error("invalid_token", 401,
                      "send Authorization: Bearer <status or admin token>, or HTTP basic auth "
@@ -78,22 +74,6 @@ def _presented_token():
     if auth.type == "basic":
         return auth.password
     return None
-
-
-def _token_matches(presented, tokens):
-    """Constant time over every candidate (no early exit)."""
-    if not presented:
-        return False
-    presented_hash = hash_token(presented)
-    found = False
-    for token in tokens:
-        found |= hmac.compare_digest(presented_hash, hash_token(token))
-    return found
-
-
-@bp.errorhandler(InvalidInputError)
-def invalid_query(exc):
-    return error(exc.reason, exc.status, exc.message)
 
 
 @bp.get("/")
