@@ -11,8 +11,10 @@ import asyncio
 import functools
 import logging
 import time
+from typing import Any, Awaitable, Callable, Dict
 
 from a2wsgi import WSGIMiddleware
+from flask import Flask
 
 from bridge.app import create_app
 from bridge.errors import encode
@@ -21,13 +23,16 @@ from bridge.views.beat import PREFIX, _route
 from bridge.writer import GroupWriter
 
 log = logging.getLogger("bridge")
+Scope = Dict[str, Any]
+Receive = Callable[[], Awaitable[Dict[str, Any]]]
+Send = Callable[[Dict[str, Any]], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
 # Stands for a body whose Content-Length is over the limit: it is not read, and
 # BeatEndpoint.handle() refuses anything longer than MAX_BODY_BYTES with 413.
 _OVER_LIMIT = bytes(MAX_BODY_BYTES + 1)
 
 
-def create_asgi_app(**options):
+def create_asgi_app(**options: Any) -> "BridgeASGI":
     """The bridge as an ASGI app; options as for bridge.app.create_app()."""
     return BridgeASGI(create_app(**options))
 
@@ -35,25 +40,27 @@ def create_asgi_app(**options):
 class BridgeASGI:
     """Routes by path: the beat prefix natively, everything else to Flask in threads."""
 
-    def __init__(self, flask_app):
+    def __init__(self, flask_app: Flask) -> None:
         self.flask_app = flask_app
         self.state = flask_app.extensions["heartbeat"]
-        self.beats = flask_app.wsgi_app.mounts[PREFIX]  # the BeatEndpoint create_app mounted
-        self.wsgi = WSGIMiddleware(flask_app, workers=self.state.settings.threads)
+        # the BeatEndpoint create_app mounted in its DispatcherMiddleware
+        self.beats = flask_app.wsgi_app.mounts[PREFIX]  # type: ignore[attr-defined]
+        self.wsgi = WSGIMiddleware(flask_app,  # type: ignore[arg-type]  # werkzeug's types
+                                   workers=self.state.settings.threads)
         self.writer = GroupWriter(self.state.store)
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
             if path.startswith(PREFIX) and path[len(PREFIX):len(PREFIX) + 1] in ("", "/"):
                 return await self.beat(scope, receive, send)
-            return await self.wsgi(scope, receive, send)
+            return await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
         if kind == "lifespan":
             return await self.lifespan(receive, send)
         # websocket: not served
 
-    async def lifespan(self, receive, send):
+    async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -65,7 +72,7 @@ class BridgeASGI:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def beat(self, scope, receive, send):
+    async def beat(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         server_id, action = _route(scope["path"][len(PREFIX):])
         authorization = content_type = length = None

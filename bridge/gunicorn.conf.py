@@ -1,6 +1,7 @@
 """gunicorn settings for `heartbeat-bridge serve`, taken from the bridge's own settings."""
 import logging
 import shutil
+from typing import Any
 
 from prometheus_client import multiprocess
 
@@ -57,7 +58,7 @@ class _NoRequestDetails(logging.Filter):
         return True
 
 
-def post_fork(server, worker):
+def post_fork(server: Any, worker: Any) -> None:
     """The bridge's own log lines go where gunicorn's error log goes, at the same level."""
     worker.log.error_log.addFilter(_NoRequestDetails())
     logger = logging.getLogger("bridge")
@@ -66,12 +67,12 @@ def post_fork(server, worker):
     logger.propagate = False
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     if _settings.metrics_multiproc_dir:
         multiprocess.mark_process_dead(worker.pid, _settings.metrics_multiproc_dir)
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Any, worker: Any) -> None:
     """gthread: write pending rejection counts (the ASGI app does it at its shutdown)."""
     app = getattr(worker, "wsgi", None)
     state = getattr(app, "extensions", {}).get("heartbeat") if app else None
@@ -79,7 +80,7 @@ def worker_exit(server, worker):
         state.rejections.flush()
 
 
-def on_exit(server):
+def on_exit(server: Any) -> None:
     if _settings.metrics_multiproc_dir:
         shutil.rmtree(_settings.metrics_multiproc_dir, ignore_errors=True)
     if _settings.status_cache_dir:

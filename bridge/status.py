@@ -6,6 +6,12 @@ intervals so that one rule serves every interval; a test keeps the two in step.
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Tuple
+
+if TYPE_CHECKING:
+    from bridge.store import Server, Store
+
+Row = Tuple[Any, ...]  # a status row: the fields FIELDS names, in that order
 
 # A server is late once silent for more than LATE_AFTER of its intervals: the
 # `heartbeat:late:bool` recording rule in prometheus/rules.yml (`> bool 1.5 * interval`).
@@ -66,7 +72,7 @@ def _decide(now, last_seen, interval, paused, paused_until, expected_back, retir
     return "up"
 
 
-def status_row(server, now, default_interval):
+def status_row(server: "Server", now: float, default_interval: float) -> Row:
     """One server as a status row (see FIELDS), whatever odd numbers its row holds."""
     last_seen = _number(server.last_seen)
     interval = (_number(server.registered_interval) or _number(server.declared_interval)
@@ -89,7 +95,7 @@ def status_row(server, now, default_interval):
             _finite(retired_at), haystack)
 
 
-def server_state(server, now, default_interval):
+def server_state(server: "Server", now: float, default_interval: float) -> str:
     """One of STATES for a Server at Unix time now (see docs/states.md).
 
     Retired, paused and away servers are the ones the alert rules excuse
@@ -98,7 +104,7 @@ def server_state(server, now, default_interval):
     return status_row(server, now, default_interval)[STATE]
 
 
-def row_json(row, now):
+def row_json(row: Row, now: float) -> Dict[str, Any]:
     """A status row as /api/status shows it."""
     last_seen = row[LAST_SEEN]
     return {
@@ -120,7 +126,7 @@ def row_json(row, now):
     }
 
 
-def thresholds(default_interval):
+def thresholds(default_interval: float) -> Dict[str, float]:
     return {"late_after_intervals": LATE_AFTER, "down_after_intervals": DOWN_AFTER,
             "default_interval": default_interval}
 
@@ -138,16 +144,16 @@ class FleetSnapshot:
     rows: list
     complete: bool
 
-    def covers(self, states):
+    def covers(self, states: Iterable[str]) -> bool:
         """True when every server in one of `states` is among the rows."""
         return self.complete or "up" not in states
 
-    def dump(self):
+    def dump(self) -> Tuple[float, dict, list, bool]:
         """Plain values only (marshal-able), for another process; see load()."""
         return (self.generated_at, self.counts, self.rows, self.complete)
 
     @classmethod
-    def load(cls, values):
+    def load(cls, values: Tuple[float, dict, list, bool]) -> "FleetSnapshot":
         return cls(*values)
 
 
@@ -159,7 +165,7 @@ def _sorted_counted(rows):
     return counts
 
 
-def fleet_snapshot(store, default_interval):
+def fleet_snapshot(store: "Store", default_interval: float) -> FleetSnapshot:
     """Every server of the store, with its state."""
     servers = store.list()
     now = store.clock()  # after the read, so no beat read is newer than `now`
@@ -169,7 +175,7 @@ def fleet_snapshot(store, default_interval):
     return FleetSnapshot(now, counts, rows, complete=True)
 
 
-def problem_snapshot(store, default_interval):
+def problem_snapshot(store: "Store", default_interval: float) -> FleetSnapshot:
     """The counts of every state, and rows for the servers that are not up only.
 
     The store hands over a superset of them (every server silent for LATE_AFTER
@@ -186,6 +192,6 @@ def problem_snapshot(store, default_interval):
     return FleetSnapshot(now, counts, rows, complete=False)
 
 
-def strict_json(value):
+def strict_json(value: Any) -> str:
     """JSON text with no NaN or Infinity: ValueError rather than invalid JSON."""
     return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)

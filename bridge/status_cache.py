@@ -24,6 +24,7 @@ import marshal
 import os
 import threading
 import time
+from typing import Any, Callable, Dict, Iterable, Tuple
 
 from bridge.status import FleetSnapshot
 
@@ -36,16 +37,19 @@ class SnapshotCache:
     Safe to call from many threads and processes; `max_age` 0 builds on every call.
     """
 
-    def __init__(self, build, kinds, max_age, directory="", clock=time.time, serve_stale=()):
+    def __init__(self, build: Callable[[str], FleetSnapshot], kinds: Iterable[str],
+                 max_age: float, directory: str = "", clock: Callable[[], float] = time.time,
+                 serve_stale: Iterable[str] = ()) -> None:
         self.build = build
         self.max_age = max_age
         self.directory = directory
         self.clock = clock
         self.serve_stale = frozenset(serve_stale)
-        self._memory = {}  # kind -> (snapshot, (inode, mtime_ns) of the file it came from)
+        # kind -> (snapshot, (inode, mtime_ns) of the file it came from)
+        self._memory: Dict[str, Tuple[Any, Any]] = {}
         self._locks = {kind: threading.Lock() for kind in kinds}
 
-    def get(self, kind):
+    def get(self, kind: str) -> FleetSnapshot:
         snapshot, seen = self._memory.get(kind, (None, None))
         if self._fresh(snapshot):
             return snapshot

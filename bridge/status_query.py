@@ -14,6 +14,7 @@ both read the same parameters and filter alike:
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bridge.status import (
     HAYSTACK,
@@ -24,6 +25,7 @@ from bridge.status import (
     SERVER_ID,
     STATE,
     STATES,
+    Row,
     status_row,
 )
 from bridge.validate import InvalidInputError
@@ -47,13 +49,13 @@ class StatusQuery:
     sort: str = "state"
     order: str = "asc"
     page: int = 1
-    per_page: int = DEFAULT_PER_PAGE
+    per_page: Optional[int] = DEFAULT_PER_PAGE
 
     @property
-    def terms(self):
+    def terms(self) -> Tuple[str, ...]:
         return tuple(self.text.lower().split())
 
-    def params(self):
+    def params(self) -> Dict[str, Any]:
         """The query parameters that give this view, defaults left out."""
         names = next((name for name, states in STATE_SETS.items() if states == self.states),
                      ",".join(self.states))
@@ -65,7 +67,8 @@ class StatusQuery:
             "page": 1, "per_page": defaults.per_page}[k]}
 
 
-def parse_query(args, per_page=DEFAULT_PER_PAGE, max_per_page=MAX_PER_PAGE):
+def parse_query(args: Mapping[str, str], per_page: Optional[int] = DEFAULT_PER_PAGE,
+                max_per_page: int = MAX_PER_PAGE) -> StatusQuery:
     """A StatusQuery from a mapping of parameter -> text; InvalidInputError (400) if bad.
 
     `per_page` is the default (None: every match on one page)."""
@@ -106,7 +109,7 @@ def _bad(message):
     return InvalidInputError("invalid_query", message, 400)
 
 
-def matches(row, terms):
+def matches(row: Row, terms: Sequence[str]) -> bool:
     """True when every term matches the status row (see the module docstring)."""
     for term in terms:
         if term not in row[HAYSTACK]:  # the haystack holds every label as name=value too
@@ -128,7 +131,7 @@ SORT_KEYS = {"state": lambda row: RANK[row[STATE]], "server_id": lambda row: row
              "last_seen": _silence_order}
 
 
-def select(rows, query):
+def select(rows: List[Row], query: StatusQuery) -> Tuple[int, List[Row]]:
     """(how many rows match, the rows of the asked page) for status rows that come worst
     first, then by id; ties in any order keep the ids ascending."""
     terms = query.terms
@@ -145,12 +148,13 @@ def select(rows, query):
     return len(rows), rows[start:start + query.per_page]
 
 
-def pages(matched, per_page):
+def pages(matched: int, per_page: Optional[int]) -> int:
     """How many pages `matched` rows make (at least one, maybe empty)."""
     return max(1, -(-matched // per_page)) if per_page else 1
 
 
-def select_servers(servers, query, now, default_interval):
+def select_servers(servers: List[Dict[str, Any]], query: StatusQuery, now: float,
+                   default_interval: float) -> List[Dict[str, Any]]:
     """The servers (dicts as the admin API and `Server.as_dict` show them) that `query`
     selects, in its order, each with its "state" added: the CLI's `servers list`."""
     rows = [status_row(_as_server(s), now, default_interval) for s in servers]

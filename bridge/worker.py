@@ -7,7 +7,9 @@ request line and headers within HEARTBEAT_HEADER_TIMEOUT of its first byte (of c
 for a new connection) and its body within HEARTBEAT_BODY_TIMEOUT after the headers; else
 the bridge answers 408 and closes the connection.
 """
+import asyncio
 import logging
+from typing import Any, Optional
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
@@ -34,17 +36,18 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     header_timeout = 10.0
     body_timeout = 10.0
+    _timer: Optional[asyncio.TimerHandle] = None
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._phase, self._timer, self._header_bytes, self._parsed_bytes = "idle", None, 0, 0
         self._enter("headers", self.header_timeout)
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Optional[Exception]) -> None:
         self._cancel()
         super().connection_lost(exc)
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         if self._phase == "idle":
             self._enter("headers", self.header_timeout)
         if self._phase == "headers":
@@ -53,17 +56,17 @@ class TimedHttpProtocol(HttpToolsProtocol):
         if self._phase == "headers" and self._header_bytes > MAX_HEADER_BYTES:
             self._refuse(_TOO_LARGE)
 
-    def on_message_begin(self):
+    def on_message_begin(self) -> None:
         if self._phase == "idle":  # a pipelined request, in the same read as the last one
             self._enter("headers", self.header_timeout)
         self._parsed_bytes = 0
         super().on_message_begin()
 
-    def on_url(self, url):
+    def on_url(self, url: bytes) -> None:
         self._count(len(url))
         super().on_url(url)
 
-    def on_header(self, name, value):
+    def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)
         super().on_header(name, value)
 
@@ -73,11 +76,11 @@ class TimedHttpProtocol(HttpToolsProtocol):
         if self._parsed_bytes > MAX_HEADER_BYTES:
             raise ValueError("request headers too large")
 
-    def on_headers_complete(self):
+    def on_headers_complete(self) -> None:
         self._enter("body", self.body_timeout)
         super().on_headers_complete()
 
-    def on_message_complete(self):
+    def on_message_complete(self) -> None:
         self._enter("idle", None)
         super().on_message_complete()
 
@@ -113,7 +116,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
 class BridgeWorker(UvicornWorker):
     """uvicorn's gunicorn worker with the bridge's protocol and proxy settings."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = Settings.from_env()
         protocol = type("BridgeHttpProtocol", (TimedHttpProtocol,), {
             "header_timeout": settings.header_timeout, "body_timeout": settings.body_timeout})

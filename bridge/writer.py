@@ -13,6 +13,8 @@ import queue
 import threading
 from typing import Any, Callable, List, Optional, Tuple
 
+from bridge.store import Store
+
 Job = Callable[[], Any]
 Fail = Callable[[BaseException], Any]
 Outcome = Tuple["asyncio.Future[Any]", Any, Optional[BaseException]]
@@ -25,7 +27,7 @@ class GroupWriter:
     """Group commit for one process. submit() is called from the loop; the rest runs on the
     writer thread."""
 
-    def __init__(self, store: Any, max_batch: int = 256) -> None:
+    def __init__(self, store: Store, max_batch: int = 256) -> None:
         self.store = store
         self.max_batch = max_batch
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()

@@ -8,13 +8,14 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
+from typing import Any, List, Optional
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bridge.store import StoreError, StoreUnavailableError
+from bridge.store import Clock, StoreError, StoreUnavailableError
 from bridge.store.batch import Batches
 from bridge.store.sql import SQLStore
 
@@ -103,7 +104,8 @@ class PostgresStore(Batches, SQLStore):
 
     for_update = " FOR UPDATE"
 
-    def __init__(self, url, clock=time.time, pool_size=4, timeout=5.0, **_):
+    def __init__(self, url: str, clock: Clock = time.time, pool_size: int = 4,
+                 timeout: float = 5.0, **_: Any) -> None:
         super().__init__(clock)
         try:
             params = conninfo_to_dict(url)
@@ -115,9 +117,12 @@ class PostgresStore(Batches, SQLStore):
         self.where = _describe(params)
         self.pool_size = pool_size
         self.timeout = timeout
-        self._inherited = []  # pools of a parent process: kept, never closed, in a child
-        self._pool, self._pid = None, None
-        self._connect_errors = deque(maxlen=1)  # why the last connection attempt failed
+        # pools of a parent process: kept, never closed, in a child
+        self._inherited: List[ConnectionPool] = []
+        self._pool: Optional[ConnectionPool] = None
+        self._pid: Optional[int] = None
+        # why the last connection attempt failed
+        self._connect_errors: "deque[Exception]" = deque(maxlen=1)
         self._connection_class = _recording_connection(self._connect_errors)
         self._setup_lock = threading.RLock()
         self._schema_ready = self._schema_busy = False
@@ -231,7 +236,7 @@ class PostgresStore(Batches, SQLStore):
         cur.hold("SELECT pg_advisory_xact_lock(?::integer, "
                  "hashtext(COALESCE(current_schema(), '')))", (_lock_key(name),))
 
-    def close(self):
+    def close(self) -> None:
         self._forget_inherited()
         if self._pool is not None:
             self._pool.close(timeout=self.timeout)

@@ -5,8 +5,9 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
-from bridge.store import StoreUnavailableError
+from bridge.store import Clock, StoreUnavailableError
 from bridge.store.batch import Batches
 from bridge.store.sql import SQLStore
 
@@ -24,9 +25,11 @@ class SQLiteStore(Batches, SQLStore):
     SQLite's busy timeout as usual.
     """
 
-    def __init__(self, path, clock=time.time, busy_timeout=5.0, synchronous="NORMAL", **_):
+    def __init__(self, path: str, clock: Clock = time.time, busy_timeout: float = 5.0,
+                 synchronous: str = "NORMAL", **_: Any) -> None:
         super().__init__(clock)
         self.path = os.path.abspath(path)
+        self.where = self.path
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
         self._local = threading.local()
@@ -89,13 +92,13 @@ class SQLiteStore(Batches, SQLStore):
                 finally:
                     cur.close()
 
-    def integrity_check(self):
+    def integrity_check(self) -> str:
         """SQLite's own consistency check: 'ok' when the file is sound."""
         with self._transaction(write=False) as cur:
             cur.execute("PRAGMA integrity_check")
             return cur.fetchone()[0]
 
-    def close(self):
+    def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

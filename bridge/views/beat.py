@@ -8,9 +8,11 @@ The busiest endpoint by far, so it is a plain WSGI app mounted beside Flask (as
 beat took in-process, and this path needs none of it.
 """
 import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from bridge import admin
 from bridge.errors import BridgeError, error_body, wsgi_answer
+from bridge.http_metrics import Observe
 from bridge.store import StoreUnavailableError
 from bridge.validate import (
     MAX_BODY_BYTES,
@@ -20,6 +22,12 @@ from bridge.validate import (
     parse_object,
 )
 from bridge.views import log
+
+if TYPE_CHECKING:
+    from bridge.app import BridgeState
+
+# (status, JSON body, extra headers)
+Answer = Tuple[int, Dict[str, Any], List[Tuple[str, str]]]
 
 PREFIX = "/api/heartbeat"
 
@@ -31,11 +39,12 @@ NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
 class BeatEndpoint:
     """WSGI app for PREFIX/<server_id>[/]; the answer is sent only after the store commit."""
 
-    def __init__(self, bridge_state, observe):
+    def __init__(self, bridge_state: "BridgeState", observe: Observe) -> None:
         self.state = bridge_state
         self.observe = observe  # observe(handler, code, seconds): request metrics
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]
+                 ) -> List[bytes]:
         started = time.perf_counter()
         server_id, action = _route(environ.get("PATH_INFO", ""))
         try:
@@ -50,7 +59,8 @@ class BeatEndpoint:
         self.observe(action or "beat", status, time.perf_counter() - started)
         return answer
 
-    def handle(self, method, server_id, action, authorization, content_type, body):
+    def handle(self, method: str, server_id: str, action: str, authorization: Optional[str],
+               content_type: Optional[str], body: bytes) -> Answer:
         """(status, JSON body, extra headers) for one request, from plain values.
 
         `body` is what the server read, at most MAX_BODY_BYTES + 1 bytes: a longer body is
@@ -67,7 +77,7 @@ class BeatEndpoint:
                 raise _too_large()
             caller = hb.auth.check_beat(hb.store, server_id, authorization)
             answer = methods[method](hb, server_id, body, content_type)
-            if caller.confirm:
+            if caller.confirm and caller.token_hash is not None:
                 hb.store.confirm_token(server_id, caller.token_hash)
             elif caller.kind == "fleet" and hb.auth.enrolment:
                 # Until the server uses a token of its own, every fleet-token request is
@@ -82,7 +92,7 @@ class BeatEndpoint:
                 raise  # not a refusal: the server's last-resort handler answers and logs it
             return self._reject(server_id, exc.reason, exc.status, exc.message, exc.headers())
 
-    def unavailable(self, server_id):
+    def unavailable(self, server_id: str) -> Answer:
         """The answer to a request the store did not commit: nothing was acknowledged."""
         exc = StoreUnavailableError()
         return self._reject(server_id, exc.reason, exc.status, NOT_RECORDED, exc.headers())

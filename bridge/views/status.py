@@ -6,8 +6,9 @@ name), which browsers can send. With protection on and neither token set, both
 answer 404 saying how to turn the page on.
 """
 import hashlib
+from typing import Optional
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, Response, current_app, render_template, request
 
 from bridge.status import (
     DOWN_AFTER,
@@ -36,7 +37,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
 
 
 @bp.before_request
-def require_access():
+def require_access() -> Optional[Response]:
     hb = state()
     if hb.settings.status_public:
         return None
@@ -55,7 +56,7 @@ def require_access():
 
 
 @bp.after_request
-def no_caching(response):
+def no_caching(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
@@ -77,7 +78,7 @@ def _presented_token():
 
 
 @bp.get("/")
-def page():
+def page() -> str:
     """The HTML shell; status.js fills it from /api/status and refreshes it."""
     return render_template("status.html", refresh_seconds=REFRESH_SECONDS,
                            late_after=LATE_AFTER, down_after=DOWN_AFTER,
@@ -85,7 +86,7 @@ def page():
 
 
 @bp.get("/api/status")
-def status_json():
+def status_json() -> Response:
     """Counts per state and one page of the servers the query selects (see status_query).
 
     Answers 304 to `If-None-Match` with the ETag of an answer whose counts, rows and
@@ -112,7 +113,7 @@ def status_json():
     return response
 
 
-def _snapshots():
+def _snapshots() -> SnapshotCache:
     """This app's SnapshotCache, made on first use."""
     extensions = current_app.extensions
     cache = extensions.get("status_snapshots")
