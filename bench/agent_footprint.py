@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "agent"))  # the agent as an operator has it: one module
 
 import heartbeat_agent as ha  # noqa: E402
+
 from tests.tools import Bridge, wait_until  # noqa: E402
 
 AGENT = ROOT / "agent" / "heartbeat_agent.py"

@@ -17,7 +17,7 @@ from tests.tools import ROOT, Process, free_port, wait_until
 
 TOKEN = "bench-fleet-token-0123456789"
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def server_ids(n):
@@ -144,7 +144,7 @@ class BridgePeer(Peer):
             self.database_url = f"sqlite:///{self.workdir / f'{self.name}-{self.port}.db'}"
         else:
             self.schema = f"bench_{uuid.uuid4().hex[:12]}"
-            self.database_url = f"{PG_URL}?options=-csearch_path%3D{self.schema}"
+            self.database_url = f"{POSTGRES_URL}?options=-csearch_path%3D{self.schema}"
 
     @staticmethod
     def unavailable(backend, source=ROOT):
@@ -155,7 +155,7 @@ class BridgePeer(Peer):
             return "bridge/store/postgres.py does not exist in the measured source yet"
         try:
             import psycopg
-            psycopg.connect(PG_URL, connect_timeout=3).close()
+            psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
         except Exception as exc:  # any failure means: not reachable here
             return f"PostgreSQL at 127.0.0.1:5432 is not reachable ({exc.__class__.__name__})"
         return None
@@ -164,7 +164,7 @@ class BridgePeer(Peer):
         """Import N registered, recently seen servers straight into the store (fast)."""
         if self.schema:
             import psycopg
-            with psycopg.connect(PG_URL, autocommit=True) as conn:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
                 conn.execute(f"CREATE SCHEMA {self.schema}")
         subprocess.run([sys.executable, "-m", "bench.prefill", self.database_url, str(n)],
                        env=self._env(), cwd=self.source, check=True, timeout=time_limit)
@@ -208,7 +208,7 @@ class BridgePeer(Peer):
         super().stop()
         if self.schema:
             import psycopg
-            with psycopg.connect(PG_URL, autocommit=True) as conn:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
             self.schema = None
 

@@ -18,8 +18,8 @@ import argparse
 import tempfile
 import time
 import uuid
-from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 from bench.wrk import run_wrk
 from bridge.store import open_store

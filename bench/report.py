@@ -6,8 +6,8 @@ import subprocess
 import time
 
 MB = 1 << 20
-PG_DEFAULT = "pushgateway"
-PG_FAST = "pushgateway-no-consistency-check"
+PUSHGATEWAY = "pushgateway"
+PUSHGATEWAY_FAST = "pushgateway-no-consistency-check"
 BEFORE = "bridge-before"
 
 
@@ -45,8 +45,8 @@ def targets(run):
     bridges = sorted({r["peer"] for r in _rows(run) if r["peer"].startswith("bridge-")})
     for peer in bridges:
         b_mid, b_large = _one(run, peer, mid), _one(run, peer, large)
-        d_mid, f_mid = _one(run, PG_DEFAULT, mid), _one(run, PG_FAST, mid)
-        d_large, f_large = _one(run, PG_DEFAULT, large), _one(run, PG_FAST, large)
+        d_mid, f_mid = _one(run, PUSHGATEWAY, mid), _one(run, PUSHGATEWAY_FAST, mid)
+        d_large, f_large = _one(run, PUSHGATEWAY, large), _one(run, PUSHGATEWAY_FAST, large)
 
         def rps(row):
             return row["close"]["rps"] if row else None
@@ -177,7 +177,7 @@ def _beats_section(run):
                         + ("",) * 9)
             continue
         c, k = row["close"], row["keepalive"]
-        d, f = _one(run, PG_DEFAULT, row["servers"]), _one(run, PG_FAST, row["servers"])
+        d, f = _one(run, PUSHGATEWAY, row["servers"]), _one(run, PUSHGATEWAY_FAST, row["servers"])
         errors = c["non_2xx"] + k["non_2xx"] + c["socket_errors"] + k["socket_errors"]
         rows.append((
             row["peer"], f"{row['servers']:,}", f"{c['rps']:,.0f}", f"{c['p50_ms']:.1f}",
@@ -200,7 +200,8 @@ def _before_section(run):
     """bridge-sqlite against bridge-before, size by size: the change this run measures."""
     rows = []
     for n in sorted({r["servers"] for r in _rows(run, BEFORE)}):
-        old, new, fast = _one(run, BEFORE, n), _one(run, "bridge-sqlite", n), _one(run, PG_FAST, n)
+        old, new = _one(run, BEFORE, n), _one(run, "bridge-sqlite", n)
+        fast = _one(run, PUSHGATEWAY_FAST, n)
         if not (old and new):
             continue
         cells = [f"{n:,}"]

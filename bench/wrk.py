@@ -19,7 +19,8 @@ def run_wrk(url, script, duration, env=None, connections=32, threads=2, timeout_
     run_env = dict(os.environ, **{k: str(v) for k, v in (env or {}).items()})
     proc = subprocess.run(argv, env=run_env, capture_output=True, text=True,
                           timeout=duration + 30)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
+    line = next((text for text in proc.stdout.splitlines() if text.startswith("BENCH_RESULT ")),
+                None)
     if proc.returncode != 0 or line is None:
         raise WrkError(f"wrk exited {proc.returncode}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
     raw = json.loads(line[len("BENCH_RESULT "):])
