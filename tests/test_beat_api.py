@@ -154,7 +154,7 @@ def own_token(client):
 
 
 @pytest.mark.parametrize("server_id,token_kind,status", [
-    ("web-1", "fleet", 200),
+    ("web-1", "fleet", 401),     # web-1 has its own token: the fleet token only enrols
     ("web-2", "fleet", 200),
     ("new-server", "fleet", 200),
     ("web-1", "own", 200),
