@@ -747,17 +747,17 @@ def _check(agent: "Agent") -> int:
         print(f"failed: {outcome.reason}")
         return EXIT_FAILED
     print(f"sent: {target} {agent.last_body.decode()}")
+    answer = _answer(outcome)
     if outcome.status is None:
         print(f"answered: nothing ({outcome.reason}) after {took:.0f} ms")
     else:
-        answer = _answer(outcome)
         shown = dict(answer, token="(issued, not shown)") if "token" in answer else answer
         print(f"answered: HTTP {outcome.status} in {took:.0f} ms: "
               + (json.dumps(shown) if shown else _one_line(
                   outcome.answer.decode("utf-8", "replace").strip())))
     if identity.own and identity.own != was_own:
         print(f"enrolled: the bridge issued this host's own token, kept in {identity.path}")
-    elif "token" in _answer(outcome):
+    elif "token" in answer:
         print("not enrolled: the bridge issued a token the agent could not keep (see above)")
     print("ok: the bridge accepted the beat" if outcome.ok else f"failed: {outcome.reason}")
     return EXIT_OK if outcome.ok else EXIT_FAILED

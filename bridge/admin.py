@@ -9,6 +9,7 @@ from bridge.auth import hash_token, new_token
 from bridge.config import Settings
 from bridge.store import BeatPolicy, Server, Store
 from bridge.validate import (
+    MAX_DURATION,
     InvalidInputError,
     check_interval,
     check_labels,
@@ -95,14 +96,11 @@ def _pause_end(now: float, duration: Any, until: Any, maximum: Optional[float]
     if duration is not None and until is not None:
         raise InvalidInputError("invalid_field", "give either a duration or an end time", 422)
     if duration is not None:
-        return now + parse_duration(duration, "for", **_limit(maximum))
+        return now + parse_duration(duration, "for",
+                                    MAX_DURATION if maximum is None else maximum)
     if until is not None:
         return check_until(until, now, maximum)
     return None
-
-
-def _limit(maximum: Optional[float]) -> Dict[str, float]:
-    return {} if maximum is None else {"maximum": maximum}
 
 
 def _check_reason(reason: Any) -> None:
