@@ -27,7 +27,7 @@ import glob
 import json
 import logging
 import os
-from typing import Callable, Iterator, Optional, Set
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -127,11 +127,16 @@ def request_metrics(registry: CollectorRegistry, multiproc_dir: Optional[str] = 
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                   1.0, 2.5))
     reported = set()  # exception types this process has logged already
+    children: Dict[Tuple[str, int], Tuple[Any, Any]] = {}  # labels() once per pair
 
     def observe(handler: str, code: int, seconds: float) -> None:
         try:
-            requests_total.labels(handler, str(code)).inc()
-            duration.labels(handler).observe(seconds)
+            pair = children.get((handler, code))
+            if pair is None:
+                pair = children[handler, code] = (requests_total.labels(handler, str(code)),
+                                                  duration.labels(handler))
+            pair[0].inc()
+            pair[1].observe(seconds)
         except Exception as exc:  # counting a request must never fail the request counted
             level = logging.DEBUG if type(exc) in reported else logging.ERROR
             reported.add(type(exc))

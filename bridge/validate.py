@@ -3,7 +3,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from bridge.config import MAX_INTERVAL, MIN_INTERVAL
 from bridge.errors import BridgeError
@@ -166,15 +166,9 @@ def parse_object(body: bytes, content_type: Optional[str]) -> Dict[str, Any]:
 def parse_beat(body: bytes, content_type: Optional[str]) -> Beat:
     """Validate a beat body; unknown fields are ignored."""
     data = parse_object(body, content_type)
-    return Beat(
-        interval=_optional(data, "interval", check_interval),
-        seq=_optional(data, "seq", _check_seq),
-        boot_time=_optional(data, "boot_time", _check_timestamp("boot_time")),
-        sent_at=_optional(data, "sent_at", _check_timestamp("sent_at")),
-        hostname=_optional(data, "hostname", check_text("hostname", MAX_HOSTNAME)),
-        agent_version=_optional(data, "agent_version",
-                                check_text("agent_version", MAX_AGENT_VERSION)),
-    )
+    values: Dict[str, Any] = {name: None if data.get(name) is None else check(data[name])
+                              for name, check in _BEAT_FIELDS}
+    return Beat(**values)
 
 
 def _optional(data: Dict[str, Any], name: str, check: Callable[[Any], T]) -> Optional[T]:
@@ -210,7 +204,21 @@ def check_text(name: str, limit: int) -> Callable[[Any], str]:
     return check
 
 
+# Control characters, or lone surrogates: JSON's "\\ud800" decodes to one, and no UTF-8
+# encoder accepts it (the store write or every later /metrics would fail).
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def _has_control(text: str) -> bool:
-    """Control characters, or lone surrogates: JSON's "\\ud800" decodes to one, and no UTF-8
-    encoder accepts it (the store write or every later /metrics would fail)."""
-    return any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+    return _CONTROL.search(text) is not None
+
+
+# Beat's fields and their checks (parse_beat); unknown fields are ignored.
+_BEAT_FIELDS: Tuple[Tuple[str, Callable[[Any], Any]], ...] = (
+    ("interval", check_interval),
+    ("seq", _check_seq),
+    ("boot_time", _check_timestamp("boot_time")),
+    ("sent_at", _check_timestamp("sent_at")),
+    ("hostname", check_text("hostname", MAX_HOSTNAME)),
+    ("agent_version", check_text("agent_version", MAX_AGENT_VERSION)),
+)

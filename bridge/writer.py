@@ -1,7 +1,9 @@
 """One writer thread per worker: the event loop hands it jobs, it runs them in batches.
 
-A job is a plain function doing store calls (the whole handling of one beat). The writer
-takes every job queued meanwhile (up to `max_batch`), runs them inside one `store.batch()`
+A job is a plain function doing store calls (the whole handling of one beat). The loop
+hands the jobs submitted in one turn of it to the writer together (one wake-up of the
+writer thread per turn, not per request); the writer takes every job queued meanwhile
+(up to about `max_batch`), runs them inside one `store.batch()`
 (one transaction, one write-lock hand-off, one COMMIT), and only then resolves each job's
 future in the loop. So the loop never waits on the store, and a request is answered only
 after what it wrote is durable. A job that raises fails only itself; a batch whose BEGIN
@@ -33,6 +35,7 @@ class GroupWriter:
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
+        self._pending: List[Any] = []  # submitted in this turn of the loop, not handed over
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -43,12 +46,21 @@ class GroupWriter:
         """A future for job()'s result once its batch committed (or fail(exc) if it did not)."""
         assert self._loop is not None, "start() first"
         future = self._loop.create_future()
-        self._queue.put((job, fail, future))
+        if not self._pending:
+            self._loop.call_soon(self._hand_over)
+        self._pending.append((job, fail, future))
         return future
+
+    def _hand_over(self) -> None:
+        """The loop's turn is over: give the writer what it submitted, in one put."""
+        jobs, self._pending = self._pending, []
+        self._queue.put(jobs)
 
     async def stop(self) -> None:
         """Finish what is queued, then end the thread."""
         if self._thread is not None:
+            if self._pending:
+                self._hand_over()
             self._queue.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None
@@ -60,21 +72,22 @@ class GroupWriter:
             first = self._queue.get()
             if first is _STOP:
                 return
-            jobs = [first]
+            jobs = list(first)
             while len(jobs) < self.max_batch:
                 try:
-                    job = self._queue.get_nowait()
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if job is _STOP:
+                if more is _STOP:
                     stopping = True
                     break
-                jobs.append(job)
-            outcomes = self._run_batch(jobs)
-            try:
-                self._loop.call_soon_threadsafe(_resolve, outcomes)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
+                jobs.extend(more)
+            for start in range(0, len(jobs), self.max_batch):
+                outcomes = self._run_batch(jobs[start:start + self.max_batch])
+                try:
+                    self._loop.call_soon_threadsafe(_resolve, outcomes)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    return
 
     def _run_batch(self, jobs: List[Any]) -> List[Outcome]:
         """[(future, result, exception)] for each job."""

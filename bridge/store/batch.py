@@ -3,7 +3,8 @@
 `store.batch()` opens one write transaction on the calling thread. While it is open, every
 store operation on that thread (a beat, a token read, a goodbye) joins it inside its own
 SAVEPOINT: released when the operation succeeds, rolled back to when it raises, so an
-operation that fails undoes only itself. Leaving the batch commits everything at once;
+operation that fails undoes only itself (on SQLite a read, which has nothing to undo,
+joins without one). Leaving the batch commits everything at once;
 a failed COMMIT raises StoreUnavailableError and nothing of the batch is kept. Other
 threads are not affected: they run their own transactions as usual (and on SQLite wait
 for the batch's write lock like any writer).
@@ -22,6 +23,11 @@ _SAVEPOINT = "op"
 
 class Batches:
     """Mixin for a SQLStore whose backend opens its own transactions in `_begin(write)`."""
+
+    # Whether a read inside a batch takes a SAVEPOINT of its own. A read changes nothing to
+    # undo, but on PostgreSQL any failed statement aborts the whole transaction unless it is
+    # rolled back to a savepoint; SQLite keeps the transaction usable, so it skips them.
+    read_savepoints = True
 
     def _begin(self, write: bool) -> ContextManager[Any]:
         """A transaction of the backend's own (the backend overrides this)."""
@@ -61,6 +67,10 @@ class Batches:
         if cur is None:
             with self._begin(write) as own:
                 yield own
+            return
+        if not write and not self.read_savepoints:
+            with self._translate_errors():
+                yield cur
             return
         with self._translate_errors():
             cur.execute(f"SAVEPOINT {_SAVEPOINT}")

@@ -25,6 +25,8 @@ class SQLiteStore(Batches, SQLStore):
     SQLite's busy timeout as usual.
     """
 
+    read_savepoints = False  # a failed read leaves a SQLite transaction usable (Batches)
+
     def __init__(self, path: str, clock: Clock = time.time, busy_timeout: float = 5.0,
                  synchronous: str = "NORMAL", **_: Any) -> None:
         super().__init__(clock)
