@@ -13,6 +13,7 @@ from bridge.auth import Authenticator
 from bridge.config import Settings
 from bridge.housekeeping import Housekeeping
 from bridge.rejections import RejectionCounter
+from bridge.render import Renderer
 from bridge.store import BeatPolicy, Clock, Store, open_store
 from bridge.views import admin, errors, health, openapi, request_timing, status
 from bridge.views.beat import PREFIX as BEAT_PREFIX
@@ -33,6 +34,8 @@ class BridgeState:
     policy: BeatPolicy
     registry: CollectorRegistry
     housekeeping: Housekeeping  # run on each scrape
+    # Computes /metrics and /api/status in a child process (bridge.render); None: here.
+    renderer: Optional[Renderer] = None
 
     @property
     def max_host_silence(self) -> float:

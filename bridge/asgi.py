@@ -5,7 +5,8 @@ loop: headers and body are read there, then the whole handling (BeatEndpoint.han
 validation, store) runs as one job of the process's group commit (bridge/writer.py), and
 the answer goes out once that job's batch committed. Everything else is the Flask app
 (admin API, status page, health, /metrics) in a pool of HEARTBEAT_THREADS threads through
-a2wsgi, so a 100,000-server /metrics render never runs in the loop.
+a2wsgi; the heavy answers, /metrics and /api/status, are computed in the worker's render
+process (bridge.render), so a 100,000-server scrape holds neither the loop nor its GIL.
 """
 import asyncio
 import functools
@@ -18,6 +19,7 @@ from flask import Flask
 
 from bridge.app import create_app
 from bridge.errors import encode
+from bridge.render import Renderer
 from bridge.validate import MAX_BODY_BYTES
 from bridge.views.beat import PREFIX, _route
 from bridge.writer import GroupWriter
@@ -48,6 +50,8 @@ class BridgeASGI:
         self.wsgi = WSGIMiddleware(flask_app,  # type: ignore[arg-type]  # werkzeug's types
                                    workers=self.state.settings.threads)
         self.writer = GroupWriter(self.state.store)
+        if self.state.settings.render_process:
+            self.state.renderer = Renderer(self.state.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -68,6 +72,8 @@ class BridgeASGI:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.writer.stop()
+                if self.state.renderer is not None:
+                    self.state.renderer.close()
                 self.state.rejections.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -48,6 +48,7 @@ class Settings:
     log_level: str = "info"
     pool_size: int = 4
     metrics_multiproc_dir: str = ""
+    render_process: bool = True
     # The CLI only: manage the bridge at this URL through its admin API instead of the store.
     url: str = ""
 
@@ -113,6 +114,9 @@ class Settings:
             pool_size=reader.integer("HEARTBEAT_DB_POOL_SIZE", cls.pool_size, 1, 100),
             # Set by `heartbeat-bridge serve` so gunicorn workers share request metrics.
             metrics_multiproc_dir=reader.raw("PROMETHEUS_MULTIPROC_DIR") or "",
+            # Under `serve`, /metrics and /api/status are computed in a render process per
+            # worker (bridge.render), never in the worker that answers beats.
+            render_process=reader.boolean("HEARTBEAT_RENDER_PROCESS", True),
             url=reader.url("HEARTBEAT_URL"),
         )
         return settings

@@ -11,10 +11,11 @@ both read the same parameters and filter alike:
     order     asc | desc
     page      1, 2, ...   per_page  1-1000 (default 100)
 """
+import hashlib
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bridge.status import (
     HAYSTACK,
@@ -26,9 +27,19 @@ from bridge.status import (
     STATE,
     STATES,
     Row,
+    fleet_snapshot,
+    problem_snapshot,
+    row_json,
     status_row,
+    strict_json,
+    thresholds,
 )
+from bridge.status_cache import SnapshotCache
 from bridge.validate import InvalidInputError
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
+    from bridge.store import Store
 
 _ONE_STATE = "(?:" + "|".join(STATES) + ")"
 STATE_LIST = re.compile(f"{_ONE_STATE}(?:,{_ONE_STATE})*\\Z")
@@ -175,3 +186,37 @@ def _as_server(shown):
         hostname=shown.get("hostname"), agent_version=shown.get("agent_version"),
         boot_time=shown.get("boot_time"), expected_back=shown.get("expected_back"),
         retired_at=shown.get("retired_at"))
+
+
+def status_snapshots(store: "Store", settings: "Settings") -> SnapshotCache:
+    """The SnapshotCache behind /api/status: the whole fleet, and the problem servers only."""
+    builders = {"fleet": fleet_snapshot, "problems": problem_snapshot}
+    return SnapshotCache(
+        lambda kind: builders[kind](store, settings.default_interval), builders,
+        settings.status_max_age, settings.status_cache_dir, clock=store.clock,
+        serve_stale=("fleet",))
+
+
+def status_answer(snapshots: SnapshotCache, args: Mapping[str, str], default_interval: float
+                  ) -> Tuple[str, Callable[[], str]]:
+    """(ETag, a function giving the JSON text) of /api/status for the query in `args`.
+
+    The ETag covers the counts, rows and paging; only the times relative to
+    `generated_at` may move under one ETag. The body is made only when asked for (not
+    for a 304)."""
+    query = parse_query(args)
+    snapshot = snapshots.get("fleet" if "up" in query.states else "problems")
+    matched, rows = select(snapshot.rows, query)
+    params = {"state": list(query.states), "q": query.text, "sort": query.sort,
+              "order": query.order, "page": query.page, "per_page": query.per_page}
+    paging = {"matched": matched, "pages": pages(matched, query.per_page)}
+    validator = strict_json([default_interval, snapshot.counts, paging, params,
+                             [row[:HAYSTACK] for row in rows]])
+    etag = hashlib.blake2b(validator.encode(), digest_size=12).hexdigest()
+
+    def body() -> str:
+        return strict_json({
+            "generated_at": snapshot.generated_at, "thresholds": thresholds(default_interval),
+            "counts": snapshot.counts, "query": params, **paging,
+            "servers": [row_json(row, snapshot.generated_at) for row in rows]})
+    return etag, body

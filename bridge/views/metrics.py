@@ -1,8 +1,10 @@
-"""GET /metrics: one store snapshot per scrape, rendered by bridge.exposition."""
+"""GET /metrics: one store snapshot per scrape, rendered by bridge.exposition (under
+`heartbeat-bridge serve`, in the worker's render process: bridge.render)."""
 from typing import TYPE_CHECKING, Any, Callable, Dict, List
 
 from bridge.errors import error_body, wsgi_answer
 from bridge.exposition import render
+from bridge.render import RenderError
 from bridge.store import StoreUnavailableError
 from bridge.views import log
 
@@ -22,13 +24,22 @@ def metrics_wsgi(bridge_state: "BridgeState") -> WSGIApp:
                                [("Allow", "GET, HEAD")])
         try:
             bridge_state.housekeeping()
-            headers, body = render(bridge_state.store, environ, bridge_state.registry,
-                                   settings.default_interval, settings.max_servers)
+            renderer = bridge_state.renderer
+            if renderer is not None:  # under `serve`: in the worker's render process
+                headers, body = renderer.metrics(environ.get("HTTP_ACCEPT") or "",
+                                                 environ.get("HTTP_ACCEPT_ENCODING") or "")
+            else:
+                headers, body = render(bridge_state.store, environ, bridge_state.registry,
+                                       settings.default_interval, settings.max_servers)
         except StoreUnavailableError as exc:
             log.error("/metrics: store unavailable: %s", exc)
             return wsgi_answer(start_response, exc.status, error_body(
                 exc.reason, "the store is unreachable; no metrics rather than stale ones"),
                 exc.headers())
+        except RenderError as exc:
+            log.error("/metrics: %s", exc)
+            return wsgi_answer(start_response, exc.status, error_body(exc.reason, exc.message),
+                               exc.headers())
         start_response("200 OK", headers + [("Content-Length", str(len(body)))])
         return [body] if environ["REQUEST_METHOD"] == "GET" else [b""]
 

@@ -5,25 +5,13 @@ as `Authorization: Bearer <token>` or as the password of HTTP basic auth (any us
 name), which browsers can send. With protection on and neither token set, both
 answer 404 saying how to turn the page on.
 """
-import hashlib
 from typing import Optional
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from bridge.status import (
-    DOWN_AFTER,
-    HAYSTACK,
-    LATE_AFTER,
-    STATE_NAMES,
-    STATES,
-    fleet_snapshot,
-    problem_snapshot,
-    row_json,
-    strict_json,
-    thresholds,
-)
+from bridge.status import DOWN_AFTER, LATE_AFTER, STATE_NAMES, STATES
 from bridge.status_cache import SnapshotCache
-from bridge.status_query import pages, parse_query, select
+from bridge.status_query import parse_query, status_answer, status_snapshots
 from bridge.views import error, state
 
 bp = Blueprint("status", __name__)
@@ -91,24 +79,21 @@ def status_json() -> Response:
 
     Answers 304 to `If-None-Match` with the ETag of an answer whose counts, rows and
     paging are unchanged; only the times relative to `generated_at` may have moved.
+    Under `heartbeat-bridge serve` the worker's render process computes it
+    (bridge.render), so building a snapshot never holds the worker's event loop.
     """
-    query = parse_query(request.args)
-    snapshot = _snapshots().get("fleet" if "up" in query.states else "problems")
-    matched, rows = select(snapshot.rows, query)
-    default_interval = state().settings.default_interval
-    params = {"state": list(query.states), "q": query.text, "sort": query.sort,
-              "order": query.order, "page": query.page, "per_page": query.per_page}
-    paging = {"matched": matched, "pages": pages(matched, query.per_page)}
-    validator = strict_json([default_interval, snapshot.counts, paging, params,
-                             [row[:HAYSTACK] for row in rows]])
-    etag = hashlib.blake2b(validator.encode(), digest_size=12).hexdigest()
-    if request.if_none_match.contains_weak(etag):
+    hb = state()
+    args = request.args.to_dict()  # the first value of each parameter, as parse_query reads
+    parse_query(args)  # a bad query is a 400 here, before any work
+    if hb.renderer is not None:
+        etag, text = hb.renderer.status(args, request.headers.get("If-None-Match", ""))
+    else:
+        etag, body = status_answer(_snapshots(), args, hb.settings.default_interval)
+        text = None if request.if_none_match.contains_weak(etag) else body()
+    if text is None:
         response = current_app.response_class(status=304)
     else:
-        body = {"generated_at": snapshot.generated_at, "thresholds": thresholds(default_interval),
-                "counts": snapshot.counts, "query": params, **paging,
-                "servers": [row_json(row, snapshot.generated_at) for row in rows]}
-        response = current_app.response_class(strict_json(body), mimetype="application/json")
+        response = current_app.response_class(text, mimetype="application/json")
     response.set_etag(etag, weak=True)
     return response
 
@@ -119,9 +104,6 @@ def _snapshots() -> SnapshotCache:
     cache = extensions.get("status_snapshots")
     if cache is None:
         hb = state()
-        builders = {"fleet": fleet_snapshot, "problems": problem_snapshot}
-        cache = extensions.setdefault("status_snapshots", SnapshotCache(
-            lambda kind: builders[kind](hb.store, hb.settings.default_interval), builders,
-            hb.settings.status_max_age, hb.settings.status_cache_dir, clock=hb.store.clock,
-            serve_stale=("fleet",)))
+        cache = extensions.setdefault("status_snapshots",
+                                      status_snapshots(hb.store, hb.settings))
     return cache
