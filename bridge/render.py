@@ -22,6 +22,7 @@ import logging
 import marshal
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -54,7 +55,12 @@ class RenderError(BridgeError):
 
 
 class Renderer:
-    """A worker's link to its render process; safe to call from any thread of the worker."""
+    """A worker's link to its render processes; safe to call from any thread of the worker.
+
+    One process per kind of answer, each started on first use: a scrape that renders for
+    seconds never makes a status-page refresh of the same worker wait behind it."""
+
+    KINDS = ("metrics", "status")
 
     def __init__(self, settings: Settings, argv: Optional[List[str]] = None,
                  timeout: Optional[float] = None) -> None:
@@ -62,9 +68,8 @@ class Renderer:
         # An answer not back within this is given up on (and its process replaced): the
         # gunicorn worker timeout, which a request in a thread would otherwise outlive.
         self.timeout = float(settings.timeout) if timeout is None else timeout
-        self.argv = argv or [sys.executable, "-m", "bridge.render"]
-        self._lock = threading.Lock()
-        self._child: Optional["subprocess.Popen[bytes]"] = None
+        argv = argv or [sys.executable, "-m", "bridge.render"]
+        self._links = {kind: _Link(argv, settings) for kind in self.KINDS}
 
     # -- the two answers ------------------------------------------------------------------
     def metrics(self, accept: str, accept_encoding: str) -> Tuple[Headers, bytes]:
@@ -78,39 +83,59 @@ class Renderer:
         etag, body = self._call("status", args, if_none_match)
         return etag, body
 
+    def pid(self, kind: str) -> Optional[int]:
+        """The pid of the render process for `kind`, None while there is none."""
+        return self._links[kind].pid
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+
+    def _call(self, op: str, *args: Any) -> Any:
+        outcome, value = self._links[op].call(op, args, self.timeout)
+        if outcome == "ok":
+            return value
+        kind, reason, message, status = value
+        if kind == "StoreUnavailableError":
+            raise StoreUnavailableError(message)
+        if status < 500:  # the request's own fault (a bad query): as the child judged it
+            raise BridgeError(f"render {op}: {message}", reason=reason, message=message,
+                              status=status)
+        raise RenderError(f"render {op}: {kind}: {message}")
+
+
+class _Link:
+    """One render process, one request at a time."""
+
+    def __init__(self, argv: List[str], settings: Settings) -> None:
+        self.argv = argv
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._child: Optional["subprocess.Popen[bytes]"] = None
+
     @property
     def pid(self) -> Optional[int]:
         child = self._child
         return child.pid if child is not None and child.poll() is None else None
 
-    def close(self) -> None:
-        with self._lock:
-            self._stop()
-
-    # -- the link -------------------------------------------------------------------------
-    def _call(self, op: str, *args: Any) -> Any:
+    def call(self, op: str, args: Tuple[Any, ...], timeout: float) -> Any:
         with self._lock:
             for attempt in (1, 2):
                 try:
                     child = self._start()
                     _send(child.stdin, (op, args))
-                    outcome, value = _receive(child.stdout, time.monotonic() + self.timeout)
-                    break
+                    return _receive(child.stdout, time.monotonic() + timeout)
                 except (OSError, EOFError, ValueError, TimeoutError) as exc:
                     self._stop(kill=True)
                     # A child that died since the last answer is only seen now: renders
                     # change nothing, so one more try with a new child is safe.
                     if attempt == 2 or isinstance(exc, TimeoutError):
                         raise RenderError(f"render {op}: {type(exc).__name__}: {exc}") from exc
-        if outcome == "ok":
-            return value
-        kind, message = value
-        if kind == "StoreUnavailableError":
-            raise StoreUnavailableError(message)
-        if kind == "InvalidInputError":
-            from bridge.validate import InvalidInputError
-            raise InvalidInputError("invalid_query", message, 400)
-        raise RenderError(f"render {op}: {kind}: {message}")
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
 
     def _start(self) -> "subprocess.Popen[bytes]":
         child = self._child
@@ -227,10 +252,12 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], work: Any) -> None:
         try:
             answer: Tuple[str, Any] = ("ok", handlers[op](*args))
         except BridgeError as exc:
-            answer = ("error", (type(exc).__name__, exc.message))
+            if exc.status >= 500:
+                log.error("render %s: %s", op, exc)
+            answer = ("error", (type(exc).__name__, exc.reason, exc.message, exc.status))
         except Exception as exc:
             log.exception("render %s failed", op)
-            answer = ("error", (type(exc).__name__, str(exc)))
+            answer = ("error", (type(exc).__name__, "internal_error", str(exc), 500))
         _send(stdout, answer)
 
 
@@ -241,6 +268,9 @@ def main() -> None:
         os.nice(RENDER_NICE)
     except OSError:
         pass
+    # Ctrl-C in a terminal reaches the whole process group: the worker stops us by closing
+    # our stdin, without a traceback here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the answers
     started = time.perf_counter()

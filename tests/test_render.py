@@ -17,11 +17,12 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.errors import BridgeError
 from bridge.exposition import render
 from bridge.render import RENDER_NICE, Renderer, RenderError
 from bridge.status_query import status_answer, status_snapshots
 from bridge.store import BeatPolicy, StoreUnavailableError, open_store
-from bridge.validate import Beat, InvalidInputError
+from bridge.validate import Beat
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, Bridge, make_settings, sample_map, wait_until
 
 
@@ -88,23 +89,28 @@ def test_status_from_the_render_process_is_the_workers_own(seeded, renderer):
 
 
 def test_a_bad_query_is_the_callers_error_not_the_processes(renderer):
-    with pytest.raises(InvalidInputError) as caught:
+    with pytest.raises(BridgeError) as caught:
         renderer.status({"sort": "bogus"}, "")
-    assert caught.value.status == 400
-    pid = renderer.pid
-    assert renderer.status({}, "")[1] is not None and renderer.pid == pid  # same child
+    assert (caught.value.status, caught.value.reason) == (400, "invalid_query")
+    assert "sort" in caught.value.message
+    pid = renderer.pid("status")
+    assert renderer.status({}, "")[1] is not None and renderer.pid("status") == pid  # kept
 
 
-def test_the_render_process_runs_niced_and_a_killed_one_is_replaced(renderer):
+def test_each_kind_renders_in_its_own_niced_process_and_a_killed_one_is_replaced(renderer):
     renderer.metrics("", "")
-    pid = renderer.pid
-    with open(f"/proc/{pid}/stat") as stat:
-        assert int(stat.read().rsplit(")", 1)[1].split()[16]) == RENDER_NICE
+    renderer.status({}, "")
+    pid = renderer.pid("metrics")
+    # A scrape that renders for seconds never holds up a status refresh of the same worker.
+    assert renderer.pid("status") not in (None, pid)
+    for kind in Renderer.KINDS:
+        with open(f"/proc/{renderer.pid(kind)}/stat") as stat:
+            assert int(stat.read().rsplit(")", 1)[1].split()[16]) == RENDER_NICE
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: renderer.pid is None, what="the killed child to be seen as dead")
+    wait_until(lambda: renderer.pid("metrics") is None, what="the killed child seen as dead")
     headers, body = renderer.metrics("", "")
     assert b"heartbeat_registered_servers 31.0" in body
-    assert renderer.pid not in (None, pid)
+    assert renderer.pid("metrics") not in (None, pid)
 
 
 def test_a_child_killed_mid_answer_fails_that_request_only(seeded):
@@ -132,7 +138,7 @@ def test_a_hung_render_process_is_given_up_on_and_killed(seeded):
             r.status({}, "")
         assert "TimeoutError" in str(caught.value)
         assert time.monotonic() - started < 10  # bounded by the timeout, not the sleep
-        assert r.pid is None
+        assert r.pid("status") is None
     finally:
         r.close()
 
@@ -147,7 +153,7 @@ def test_an_unreachable_store_is_a_503_store_unavailable(tmp_path):
         r.close()
 
 
-def test_under_serve_each_worker_renders_in_its_own_niced_child(tmp_path):
+def test_under_serve_each_worker_renders_in_niced_children(tmp_path):
     url = f"sqlite:///{tmp_path / 'live.db'}"
     bridge = Bridge(url, HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN,
                     HEARTBEAT_STATUS_PUBLIC="true", HEARTBEAT_ENROLMENT="false").start()
@@ -161,8 +167,8 @@ def test_under_serve_each_worker_renders_in_its_own_niced_child(tmp_path):
             bridge.metrics()
             requests.get(bridge.url + "/api/status", timeout=10).raise_for_status()
             children.update(_render_children(bridge.pid))
-            return len(children) == 2
-        wait_until(every_worker_has_one, timeout=30, what="a render process per worker")
+            return len(children) == 4  # 2 workers x (metrics, status)
+        wait_until(every_worker_has_one, timeout=30, what="render processes in each worker")
         assert set(children.values()) == {RENDER_NICE}
         for pid in children:
             os.kill(pid, signal.SIGKILL)
