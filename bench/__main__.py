@@ -29,6 +29,8 @@ def parse_args(argv):
                    help="fleet sizes, comma-separated (default 1000,10000,100000)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load run (10)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds of unrecorded beats after each peer starts (2; 0: none)")
     p.add_argument("--quick", action="store_true",
                    help="tiny end-to-end check: 100 servers, 1 s runs, under a minute")
     p.add_argument("--bridge", default="HEAD",
@@ -57,11 +59,13 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     opts = Options(sizes=args.sizes, duration=args.duration, connections=args.connections,
+                   warmup=args.warmup,
                    time_limit=args.time_limit, peers=args.peers,
                    profile_size=0 if args.no_profile else min(10000, max(args.sizes)))
     if args.quick:
         opts = Options(sizes=(100,), duration=1.0, connections=8, scrapes=1, profile_size=0,
-                       prefill_limit=30.0, time_limit=45.0, peers=args.peers, paced_attempts=1)
+                       prefill_limit=30.0, time_limit=45.0, peers=args.peers, paced_attempts=1,
+                       warmup=0.0)
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="heartbeat-bench-")
     try:

@@ -154,7 +154,9 @@ def _header(run):
         f"- peer: {_pushgateway_version()}, default settings; and with "
         "`--push.disable-consistency-check`",
         f"- load: wrk -t{opts.threads} -c{opts.connections}, {opts.duration:g} s per run, beats "
-        "spread over all servers, every peer prefilled with all of them; the whole run took "
+        "spread over all servers, every peer prefilled with all of them and warmed up with "
+        f"{getattr(opts, 'warmup', 0):g} s of unrecorded beats after it started; the whole run "
+        "took "
         f"{run.elapsed / 60:.1f} min",
         f"- machine: {os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
         f"(1/5/15 min) before {_load(run.load_before)}, after {_load(run.load_after)}: "

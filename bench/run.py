@@ -28,6 +28,7 @@ class Options:
     peers: tuple = PEERS
     before: str = ""  # the source `bridge-before` runs (an older revision, exported)
     scraped_from: int = 100000  # paced beats while /metrics is scraped every second, from N
+    warmup: float = 2.0  # seconds of unrecorded beats after each start, for every peer alike
 
 
 @dataclass
@@ -62,6 +63,9 @@ def measure_peer(peer, n, opts, log):
     peer.prefill(n, time_limit=opts.prefill_limit)
     peer.start()
     row["prefill_s"] = time.monotonic() - t0
+    if opts.warmup > 0:  # first connections, lazy set-up, cold caches: not what is measured
+        wrk.run_wrk(peer.url, peer.script, opts.warmup, env=peer.wrk_env(n, True),
+                    connections=opts.connections, threads=opts.threads)
     for mode, close in (("close", True), ("keepalive", False)):
         row[mode] = wrk_with_cpu(peer, n, opts, close)
         log(f"  {peer.name} n={n} {mode}: {row[mode]['rps']:.0f}/s "
