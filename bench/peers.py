@@ -61,17 +61,31 @@ def rss_bytes(pid):
     return 0
 
 
-def cpu_seconds(pids):
-    """User + system CPU time used so far by these processes (from /proc)."""
-    total = 0
+def cpu_by_pid(pids):
+    """{pid: user + system CPU seconds used so far} of these processes (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            out[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (14, 15)
         except (OSError, IndexError, ValueError):
             pass
-    return total / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cpu_seconds(pids):
+    """User + system CPU time used so far by these processes together."""
+    return sum(cpu_by_pid(pids).values())
+
+
+def cpu_since(peer, before):
+    """CPU seconds the peer's processes used since `before` (a cpu_by_pid of its pids()),
+    counting in full the processes started meanwhile (a bridge's render processes start on
+    the first scrape or status request)."""
+    now = cpu_by_pid(peer.pids())
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in now.items())
 
 
 def children(pid):
@@ -80,6 +94,14 @@ def children(pid):
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+def descendants(pid):
+    """Children, their children, and so on."""
+    found = []
+    for child in children(pid):
+        found += [child] + descendants(child)
+    return found
 
 
 class Peer:
@@ -106,8 +128,9 @@ class Peer:
         return self
 
     def pids(self):
-        """The peer's processes: the main one and its direct children (gunicorn workers)."""
-        return [self.process.pid] + children(self.process.pid)
+        """The peer's processes: the main one and all below it (gunicorn workers, and the
+        bridge's render processes under them)."""
+        return [self.process.pid] + descendants(self.process.pid)
 
     def wait_for_workers(self, timeout=15.0):
         """Until the set of processes has not changed for a second (workers all forked)."""

@@ -286,7 +286,8 @@ def _scrape_section(run):
     return ["## /metrics and memory", ""] + _table(header, rows, ("---",) + ("---:",) * 9) + [
         "", "/metrics: median time to the last byte of a few scrapes (one when a scrape takes "
         "over 10 s), once the peer is idle; series seen counts heartbeat_last_seen_seconds. "
-        "RSS sums the gunicorn master and workers.", "",
+        "RSS sums the gunicorn master, its workers and, once a scrape has started them, their "
+        "render processes.", "",
         "`gunicorn-floor` is a reference, not a peer: gunicorn with the bridge's own "
         "gunicorn.conf.py serving a WSGI app that does nothing (bench/floor_app.py). Its "
         "beats/s and CPU per request are the ceiling for any beat endpoint under gunicorn "

@@ -7,7 +7,15 @@ import time
 from dataclasses import dataclass, field
 
 from bench import profile, scrape, wrk
-from bench.peers import BridgePeer, FloorPeer, PushgatewayPeer, cpu_seconds, rss_bytes
+from bench.peers import (
+    BridgePeer,
+    FloorPeer,
+    PushgatewayPeer,
+    cpu_by_pid,
+    cpu_seconds,
+    cpu_since,
+    rss_bytes,
+)
 
 PEERS = ("bridge-sqlite", "bridge-before", "bridge-postgres", "pushgateway",
          "pushgateway-no-consistency-check", "gunicorn-floor")
@@ -104,13 +112,12 @@ def settle(pids, timeout=30.0, busy=0.05, step=0.5):
 
 def wrk_with_cpu(peer, n, opts, close, **extra_env):
     """One wrk run, plus the peer's CPU time per accepted beat during it (microseconds)."""
-    pids = peer.pids()
-    before = cpu_seconds(pids)
+    before = cpu_by_pid(peer.pids())
     result = wrk.run_wrk(peer.url, peer.script, opts.duration,
                          env=dict(peer.wrk_env(n, close), **extra_env),
                          connections=opts.connections, threads=opts.threads)
     beats = result["requests"] - result["non_2xx"]
-    result["cpu_us_per_beat"] = 1e6 * (cpu_seconds(pids) - before) / beats if beats else None
+    result["cpu_us_per_beat"] = 1e6 * cpu_since(peer, before) / beats if beats else None
     return result
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import requests
 
 from bench import wrk
-from bench.peers import TOKEN, BridgePeer, bridge_source, cpu_seconds
+from bench.peers import TOKEN, BridgePeer, bridge_source, cpu_by_pid, cpu_since
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHROMIUM = "/usr/bin/chromium"
@@ -133,8 +133,7 @@ class Viewers:
 
 def beat_phase(peer, up, duration, viewers):
     """Paced beats on the up servers, with `viewers` refreshing meanwhile (0: none)."""
-    pids = peer.pids()
-    cpu = cpu_seconds(pids)
+    cpu = cpu_by_pid(peer.pids())
     env = {"TOKEN": TOKEN, "SERVERS": up, "CLOSE": 0, "DELAY_MS": 10}
     if viewers:
         with Viewers(peer.url, viewers) as v:
@@ -143,20 +142,19 @@ def beat_phase(peer, up, duration, viewers):
     else:
         result = wrk.run_wrk(peer.url, "beat.lua", duration, env=env, connections=16)
         refreshes, statuses = 0, []
-    return dict(result, cpu_s=cpu_seconds(pids) - cpu, refreshes=refreshes,
+    return dict(result, cpu_s=cpu_since(peer, cpu), refreshes=refreshes,
                 not_modified=statuses.count(304), errors=sum(s not in (200, 304) for s in statuses))
 
 
 def viewers_alone(peer, duration, n=10):
     """Bridge CPU with the viewers and nothing else, less the same time idle."""
-    pids = peer.pids()
-    cpu = cpu_seconds(pids)
+    cpu = cpu_by_pid(peer.pids())
     time.sleep(duration)
-    idle = cpu_seconds(pids) - cpu
-    cpu = cpu_seconds(pids)
+    idle = cpu_since(peer, cpu)
+    cpu = cpu_by_pid(peer.pids())
     with Viewers(peer.url, n) as v:
         time.sleep(duration)
-    used = cpu_seconds(pids) - cpu
+    used = cpu_since(peer, cpu)
     refreshes = max(1, len(v.statuses))
     return {"cpu_s": used, "idle_cpu_s": idle, "refreshes": len(v.statuses),
             "not_modified": v.statuses.count(304), "ms_per_refresh": 1000 * used / refreshes,
