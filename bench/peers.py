@@ -89,11 +89,20 @@ def cpu_since(peer, before):
 
 
 def children(pid):
+    """The processes `pid` started, from any of its threads (a gunicorn worker starts its
+    render processes from a request thread, so the main thread's list alone misses them)."""
+    found = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return found
 
 
 def descendants(pid):
