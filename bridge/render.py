@@ -30,11 +30,14 @@ import threading
 import time
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
-from werkzeug.http import parse_etags
+from prometheus_client import CollectorRegistry
 
 from bridge.config import Settings
 from bridge.errors import BridgeError
-from bridge.store import StoreUnavailableError
+from bridge.exposition import render
+from bridge.http_metrics import WorkerFiles
+from bridge.status_query import status_answer, status_snapshots
+from bridge.store import StoreUnavailableError, open_store
 
 log = logging.getLogger("bridge")
 RENDER_NICE = 10
@@ -74,14 +77,12 @@ class Renderer:
     # -- the two answers ------------------------------------------------------------------
     def metrics(self, accept: str, accept_encoding: str) -> Tuple[Headers, bytes]:
         """(headers, body) of one scrape, as bridge.exposition.render() gives them."""
-        headers, body = self._call("metrics", accept, accept_encoding)
-        return [(name, value) for name, value in headers], body
+        return self._call("metrics", accept, accept_encoding)
 
     def status(self, args: Dict[str, str], if_none_match: str
                ) -> Tuple[str, Optional[str]]:
         """(etag, JSON text or None when `if_none_match` already names that etag)."""
-        etag, body = self._call("status", args, if_none_match)
-        return etag, body
+        return self._call("status", args, if_none_match)
 
     def pid(self, kind: str) -> Optional[int]:
         """The pid of the render process for `kind`, None while there is none."""
@@ -207,9 +208,6 @@ class _Work:
     """What the render process computes, over its own store connection."""
 
     def __init__(self, settings: Settings) -> None:
-        from prometheus_client import CollectorRegistry
-
-        from bridge.http_metrics import WorkerFiles
         self.settings = settings
         self._store: Any = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -221,24 +219,19 @@ class _Work:
     def store(self) -> Any:
         """Opened on first use: a store that cannot be reached is that request's 503."""
         if self._store is None:
-            from bridge.store import open_store
             self._store = open_store(self.settings.database_url, pool_size=1)
         return self._store
 
     def metrics(self, accept: str, accept_encoding: str) -> Tuple[Headers, bytes]:
-        from bridge.exposition import render
         environ = {"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": accept_encoding}
         return render(self.store, environ, self.registry, self.settings.default_interval,
                       self.settings.max_servers)
 
     def status(self, args: Dict[str, str], if_none_match: str) -> Tuple[str, Optional[str]]:
-        from bridge.status_query import status_answer, status_snapshots
         if self._snapshots is None:
             self._snapshots = status_snapshots(self.store, self.settings)
-        etag, body = status_answer(self._snapshots, args, self.settings.default_interval)
-        if parse_etags(if_none_match or None).contains_weak(etag):
-            return etag, None
-        return etag, body()
+        return status_answer(self._snapshots, args, self.settings.default_interval,
+                             if_none_match)
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes], work: Any) -> None:

@@ -15,7 +15,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from werkzeug.http import parse_etags
 
 from bridge.status import (
     HAYSTACK,
@@ -197,13 +199,13 @@ def status_snapshots(store: "Store", settings: "Settings") -> SnapshotCache:
         serve_stale=("fleet",))
 
 
-def status_answer(snapshots: SnapshotCache, args: Mapping[str, str], default_interval: float
-                  ) -> Tuple[str, Callable[[], str]]:
-    """(ETag, a function giving the JSON text) of /api/status for the query in `args`.
+def status_answer(snapshots: SnapshotCache, args: Mapping[str, str], default_interval: float,
+                  if_none_match: str = "") -> Tuple[str, Optional[str]]:
+    """(ETag, JSON text) of /api/status for the query in `args`; the text is None (a 304)
+    when the `If-None-Match` header value names that ETag.
 
     The ETag covers the counts, rows and paging; only the times relative to
-    `generated_at` may move under one ETag. The body is made only when asked for (not
-    for a 304)."""
+    `generated_at` may move under one ETag."""
     query = parse_query(args)
     snapshot = snapshots.get("fleet" if "up" in query.states else "problems")
     matched, rows = select(snapshot.rows, query)
@@ -213,10 +215,9 @@ def status_answer(snapshots: SnapshotCache, args: Mapping[str, str], default_int
     validator = strict_json([default_interval, snapshot.counts, paging, params,
                              [row[:HAYSTACK] for row in rows]])
     etag = hashlib.blake2b(validator.encode(), digest_size=12).hexdigest()
-
-    def body() -> str:
-        return strict_json({
-            "generated_at": snapshot.generated_at, "thresholds": thresholds(default_interval),
-            "counts": snapshot.counts, "query": params, **paging,
-            "servers": [row_json(row, snapshot.generated_at) for row in rows]})
-    return etag, body
+    if parse_etags(if_none_match or None).contains_weak(etag):
+        return etag, None
+    return etag, strict_json({
+        "generated_at": snapshot.generated_at, "thresholds": thresholds(default_interval),
+        "counts": snapshot.counts, "query": params, **paging,
+        "servers": [row_json(row, snapshot.generated_at) for row in rows]})

@@ -77,9 +77,9 @@ def test_status_from_the_render_process_is_the_workers_own(seeded, renderer):
     for args in ({}, {"state": "all", "per_page": "5", "page": "2"}, {"q": "team=db"},
                  {"state": "paused"}, {"sort": "last_seen", "order": "desc"}):
         etag, text = renderer.status(args, "")
-        here_etag, body = status_answer(snapshots, args, renderer.settings.default_interval)
+        here_etag, here = status_answer(snapshots, args, renderer.settings.default_interval)
         assert etag == here_etag, args
-        theirs, ours = json.loads(text), json.loads(body())
+        theirs, ours = json.loads(text), json.loads(here)
         assert [s["server_id"] for s in theirs["servers"]] == \
             [s["server_id"] for s in ours["servers"]]
         assert theirs["counts"] == ours["counts"] and theirs["matched"] == ours["matched"]

@@ -85,11 +85,12 @@ def status_json() -> Response:
     hb = state()
     args = request.args.to_dict()  # the first value of each parameter, as parse_query reads
     parse_query(args)  # a bad query is a 400 here, before any work
+    if_none_match = request.headers.get("If-None-Match", "")
     if hb.renderer is not None:
-        etag, text = hb.renderer.status(args, request.headers.get("If-None-Match", ""))
+        etag, text = hb.renderer.status(args, if_none_match)
     else:
-        etag, body = status_answer(_snapshots(), args, hb.settings.default_interval)
-        text = None if request.if_none_match.contains_weak(etag) else body()
+        etag, text = status_answer(_snapshots(), args, hb.settings.default_interval,
+                                   if_none_match)
     if text is None:
         response = current_app.response_class(status=304)
     else:
