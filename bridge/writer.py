@@ -3,7 +3,7 @@
 A job is a plain function doing store calls (the whole handling of one beat). The loop
 hands the jobs submitted in one turn of it to the writer together (one wake-up of the
 writer thread per turn, not per request); the writer takes every job queued meanwhile
-(up to about `max_batch`), runs them inside one `store.batch()`
+(in batches of at most `max_batch`), runs each inside one `store.batch()`
 (one transaction, one write-lock hand-off, one COMMIT), and only then resolves each job's
 future in the loop. So the loop never waits on the store, and a request is answered only
 after what it wrote is durable. A job that raises fails only itself; a batch whose BEGIN
