@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 from bridge import __version__, admin
@@ -100,6 +101,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-metrics-")
     # The workers share status snapshots there (bridge/status_cache.py).
     env["HEARTBEAT_STATUS_CACHE_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-status-")
+    # One start for the whole replica (heartbeat_bridge_serving_since_seconds): a worker
+    # that restarts alone must not excuse silence the other workers heard.
+    env["HEARTBEAT_STARTED_AT"] = repr(time.time())
     app = ("bridge.asgi:create_asgi_app()" if settings.worker_class == "uvicorn"
            else "bridge.app:create_app()")
     argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF, app]

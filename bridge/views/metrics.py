@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List
 from bridge.errors import error_body, wsgi_answer
 from bridge.exposition import render
 from bridge.render import RenderError
+from bridge.serving import Serving
 from bridge.store import StoreUnavailableError
 from bridge.views import log
 
@@ -17,6 +18,7 @@ WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], List[bytes]]
 def metrics_wsgi(bridge_state: "BridgeState") -> WSGIApp:
     """WSGI app for /metrics; a store outage answers 503, never stale data."""
     settings = bridge_state.settings
+    serving = Serving(bridge_state.store.clock(), settings.started_at)
 
     def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -30,7 +32,8 @@ def metrics_wsgi(bridge_state: "BridgeState") -> WSGIApp:
                                                  environ.get("HTTP_ACCEPT_ENCODING") or "")
             else:
                 headers, body = render(bridge_state.store, environ, bridge_state.registry,
-                                       settings.default_interval, settings.max_servers)
+                                       settings.default_interval, settings.max_servers,
+                                       settings.metric_set, serving)
         except StoreUnavailableError as exc:
             log.error("/metrics: store unavailable: %s", exc)
             return wsgi_answer(start_response, exc.status, error_body(
