@@ -29,10 +29,11 @@ heartbeat_bridge_build_info and
 
     heartbeat_bridge_time_seconds 1.7e+09
     heartbeat_bridge_serving_since_seconds 1.7e+09
+    heartbeat_bridge_unheard_seconds 300.0
 
 the store's clock when it took this scrape's snapshot (the clock that stamps beats, so
-the rules measure silence on one clock), and since when this replica has been able to
-hear beats without a break (the rules count no silence from before it).
+the rules measure silence on one clock), since when this replica has heard beats without
+a break, and how long it heard none before that (the rules leave that out of silence).
 
 `per_server(metric_set)` is the one table of per-server metrics: server_families() turns it
 into prometheus_client families, and bridge.exposition renders the same table fast for
@@ -203,10 +204,9 @@ def server_families(snapshot: Snapshot, default_interval: float, metric_set: str
 
 
 def bridge_families(snapshot: Snapshot, max_servers: int, started: float,
-                    serving_since: Optional[float] = None) -> Iterator[Metric]:
+                    serving: Optional[Tuple[float, float]] = None) -> Iterator[Metric]:
     """Fleet-wide families; `started` is the perf_counter() when the scrape began,
-    `serving_since` the store-clock time since which this replica hears beats (None: not
-    exported)."""
+    `serving` (since, unheard) as bridge.serving.Serving keeps them (None: not exported)."""
     now = snapshot.taken_at
     yield _gauge("heartbeat_registered_servers", "Servers in the store.",
                  len(snapshot.servers))
@@ -221,11 +221,15 @@ def bridge_families(snapshot: Snapshot, max_servers: int, started: float,
     yield _gauge("heartbeat_bridge_time_seconds",
                  "Unix time (bridge clock, the one that stamps beats) of this scrape's snapshot.",
                  now)
-    if serving_since is not None:
+    if serving is not None:
         yield _gauge("heartbeat_bridge_serving_since_seconds",
-                     "Unix time (bridge clock) since which this replica has been able to hear "
-                     "beats without a break: no silence counts from before it.",
-                     min(serving_since, now))
+                     "Unix time (bridge clock) since which this replica has heard beats "
+                     "without a break (its start, or the end of a store outage).",
+                     min(serving[0], now))
+        yield _gauge("heartbeat_bridge_unheard_seconds",
+                     "How long before serving_since this replica heard no beat (it was down or "
+                     "could not reach its store): left out of the silence of every server "
+                     "last heard before serving_since.", serving[1])
     yield _gauge("heartbeat_store_up", "1 when this scrape read the store.", 1)
     yield _gauge("heartbeat_scrape_duration_seconds",
                  "Time this scrape took to read the store snapshot.",

@@ -51,6 +51,7 @@ class Settings:
     render_process: bool = True
     metric_set: str = "lean"
     started_at: float = 0.0
+    heard_until: float = 0.0
     # The CLI only: manage the bridge at this URL through its admin API instead of the store.
     url: str = ""
 
@@ -124,6 +125,8 @@ class Settings:
             metric_set=reader.choice("HEARTBEAT_METRICS", cls.metric_set, ("lean", "full")),
             # Set by `heartbeat-bridge serve`: when this replica started (its serving-since).
             started_at=reader.number("HEARTBEAT_STARTED_AT", 0.0, 0.0, 1e11),
+            # Set by `heartbeat-bridge serve`: the last beat the store held at that start.
+            heard_until=reader.number("HEARTBEAT_HEARD_UNTIL", 0.0, 0.0, 1e11),
             url=reader.url("HEARTBEAT_URL"),
         )
         return settings

@@ -168,8 +168,9 @@ def render(store: Store, environ: Mapping[str, Any], extra_registry: CollectorRe
     started = time.perf_counter()
     snapshot = store.snapshot() if serving is None else serving.snapshot(store)
     encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT") or "")
-    since = None if serving is None else serving.since
-    rest = list(bridge_families(snapshot, max_servers, started, since))
+    stretch = None if serving is None or serving.since is None else (serving.since,
+                                                                       serving.unheard)
+    rest = list(bridge_families(snapshot, max_servers, started, stretch))
     own, success = render_isolated({"http_requests": extra_registry}, encoder)
     rest.append(success)
     registry = CollectorRegistry(auto_describe=False)

@@ -227,7 +227,8 @@ class _Work:
     def metrics(self, accept: str, accept_encoding: str) -> Tuple[Headers, bytes]:
         environ = {"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": accept_encoding}
         if self.serving is None:
-            self.serving = Serving(self.store.clock(), self.settings.started_at)
+            self.serving = Serving(self.settings.started_at or None,
+                                   self.settings.heard_until or None)
         return render(self.store, environ, self.registry, self.settings.default_interval,
                       self.settings.max_servers, self.settings.metric_set, self.serving)
 

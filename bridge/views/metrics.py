@@ -18,7 +18,9 @@ WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], List[bytes]]
 def metrics_wsgi(bridge_state: "BridgeState") -> WSGIApp:
     """WSGI app for /metrics; a store outage answers 503, never stale data."""
     settings = bridge_state.settings
-    serving = Serving(bridge_state.store.clock(), settings.started_at)
+    # In-process (no `serve`): the replica starts with this app.
+    serving = Serving(settings.started_at or bridge_state.store.clock(),
+                      settings.heard_until or None)
 
     def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
