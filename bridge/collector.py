@@ -86,7 +86,10 @@ def _watched(server: Server, now: float) -> bool:
 
 
 def _recent_boot(s: Server, now: float, d: float) -> Optional[float]:
-    if s.boot_time is None or now - s.boot_time >= REBOOT_WINDOW or not _watched(s, now):
+    if s.boot_time is None or not _watched(s, now):
+        return None
+    # the boot on the bridge's clock: the agent's clock is off by the skew it last showed
+    if now - (s.boot_time - (s.clock_skew or 0.0)) >= REBOOT_WINDOW:
         return None
     return s.boot_time
 
