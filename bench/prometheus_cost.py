@@ -3,7 +3,8 @@
 For each fleet size, a fresh real Prometheus scrapes one peer at a time, side by side in
 one run: the bridge with `HEARTBEAT_METRICS=full` (the per-server families of earlier
 versions), the bridge with the lean default, and the Pushgateway holding the same fleet
-(one group per server). After `--scrapes` scrapes it reads Prometheus' own
+(one group per server, started with `--push.disable-consistency-check`, which changes
+nothing in what it exposes). After `--scrapes` scrapes it reads Prometheus' own
 `prometheus_tsdb_head_series`, its RSS (from /proc) and Go heap in use, and the target's
 `scrape_samples_scraped` and `scrape_duration_seconds`. Writes a markdown report to
 `bench/results/prometheus-cost-<date>-<time>.md`; run it under `flock /tmp/bench.lock`.
@@ -119,7 +120,7 @@ def report(rows, args, source, loads):
               "| servers | head series lean / full | RSS lean / full | head series lean / "
               "Pushgateway | RSS lean / Pushgateway |", "|---|---|---|---|---|"]
     for n in args.sizes:
-        by = {r["peer"]: r for r in rows if r["servers"] == n}
+        by = {r["peer"].split("-no-")[0]: r for r in rows if r["servers"] == n}
         if set(PEERS) <= set(by):
             lean, full, push = by["bridge-lean"], by["bridge-full"], by["pushgateway"]
             lines.append(f"| {n:,} | {lean['head_series'] / full['head_series']:.2f} | "
