@@ -27,7 +27,10 @@ def metrics_wsgi(bridge_state: "BridgeState") -> WSGIApp:
             return wsgi_answer(start_response, 405, error_body("method_not_allowed", "use GET"),
                                [("Allow", "GET, HEAD")])
         try:
-            bridge_state.housekeeping()
+            try:
+                bridge_state.housekeeping()
+            except StoreUnavailableError:
+                pass  # the snapshot below meets the outage too: it answers, and is told
             renderer = bridge_state.renderer
             if renderer is not None:  # under `serve`: in the worker's render process
                 headers, body = renderer.metrics(environ.get("HTTP_ACCEPT") or "",
