@@ -221,7 +221,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         ca, tls = make_pki(tmp)
         bridge = Bridge(f"sqlite:///{tmp}/hb.db", HEARTBEAT_TOKEN=TOKEN,
-                        HEARTBEAT_RATE_LIMIT_BURST="0").start()
+                        HEARTBEAT_RATE_LIMIT_BURST="0",
+                        HEARTBEAT_METRICS="full").start()  # beats_total counts the beats
         try:
             port = bridge.port
             plain = Pipe(port)

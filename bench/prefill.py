@@ -13,8 +13,10 @@ from bridge.store.sql import ALL_COLUMNS
 def main(database_url, n):
     now = time.time()
     defaults = dict.fromkeys(ALL_COLUMNS)
+    # What the agent's usual beat leaves: a boot time (a day ago) and a small clock skew too.
     defaults.update(labels="{}", declared_interval=30.0, last_seen=now, beats_total=1, paused=0,
-                    created_at=now, hostname="bench", agent_version="bench", seq=1)
+                    created_at=now, hostname="bench", agent_version="bench", seq=1,
+                    boot_time=now - 86400, clock_skew=0.05)
     if "token_confirmed" in defaults:  # NOT NULL since schema 3; older sources lack it
         defaults["token_confirmed"] = 0
     rows = (tuple(dict(defaults, server_id=f"srv-{i}")[c] for c in ALL_COLUMNS)

@@ -7,13 +7,15 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 from bridge import __version__, admin
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
-from bridge.store import Store
+from bridge.serving import last_beat
+from bridge.store import Store, StoreUnavailableError
 
 if TYPE_CHECKING:
     from bridge.remote import RemoteAdmin
@@ -95,11 +97,20 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     elif not settings.fleet_tokens:
         print("heartbeat-bridge: no HEARTBEAT_TOKEN set: only servers registered with their "
               "own token can beat", file=sys.stderr)
-    _store(settings).close()  # create the schema once, and fail here rather than per worker
+    store = _store(settings)  # create the schema once, and fail here rather than per worker
+    try:  # the last beat heard before this start: the rules excuse the gap since
+        heard_until = last_beat(store.snapshot())
+    except StoreUnavailableError:  # the workers start anyway and take it from their store
+        heard_until = None
+    store.close()
     env = dict(os.environ)
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-metrics-")
     # The workers share status snapshots there (bridge/status_cache.py).
     env["HEARTBEAT_STATUS_CACHE_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-status-")
+    # One start for the whole replica (heartbeat_bridge_serving_since_seconds): a worker
+    # that restarts alone must not excuse silence the other workers heard.
+    env["HEARTBEAT_STARTED_AT"] = repr(store.clock())
+    env["HEARTBEAT_HEARD_UNTIL"] = repr(heard_until or 0.0)
     app = ("bridge.asgi:create_asgi_app()" if settings.worker_class == "uvicorn"
            else "bridge.app:create_app()")
     argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF, app]
@@ -154,7 +165,6 @@ def _iso(ts: float) -> str:
 
 
 def servers_list(args: argparse.Namespace, settings: Settings) -> None:
-    import time
 
     from bridge.status_query import parse_query, select_servers
     # The filters of /api/status and the status page (bridge/status_query.py).

@@ -49,6 +49,9 @@ class Settings:
     pool_size: int = 4
     metrics_multiproc_dir: str = ""
     render_process: bool = True
+    metric_set: str = "lean"
+    started_at: float = 0.0
+    heard_until: float = 0.0
     # The CLI only: manage the bridge at this URL through its admin API instead of the store.
     url: str = ""
 
@@ -117,6 +120,13 @@ class Settings:
             # Under `serve`, /metrics and /api/status are computed in a render process per
             # worker (bridge.render), never in the worker that answers beats.
             render_process=reader.boolean("HEARTBEAT_RENDER_PROCESS", True),
+            # lean: at most 4 series a server, what the shipped rules and dashboard need;
+            # full: also the counters, flags and agent facts (docs/metrics.md).
+            metric_set=reader.choice("HEARTBEAT_METRICS", cls.metric_set, ("lean", "full")),
+            # Set by `heartbeat-bridge serve`: when this replica started (its serving-since).
+            started_at=reader.number("HEARTBEAT_STARTED_AT", 0.0, 0.0, 1e11),
+            # Set by `heartbeat-bridge serve`: the last beat the store held at that start.
+            heard_until=reader.number("HEARTBEAT_HEARD_UNTIL", 0.0, 0.0, 1e11),
             url=reader.url("HEARTBEAT_URL"),
         )
         return settings

@@ -1,9 +1,9 @@
 """Rendering /metrics: the per-server families fast, everything else by prometheus_client.
 
 prometheus_client's encoders spend ~9 us per sample, and a fleet of 100,000 servers
-has 900,000 per-server samples: 8 s a scrape. Here each server's label set is escaped
-once and shared by its nine lines; values go through the library's floatToGoString,
-HELP/TYPE lines are produced by the library's own encoders, and
+has up to 1,100,000 per-server samples in the full metric set: 10 s a scrape. Here each
+server's label set is escaped once and shared by its lines; values go through the
+library's floatToGoString, HELP/TYPE lines are produced by the library's own encoders, and
 tests/test_exposition.py proves the result byte-identical to prometheus_client's for
 both formats. Content negotiation stays the library's (choose_encoder).
 """
@@ -22,11 +22,12 @@ from prometheus_client.utils import floatToGoString
 from bridge.collector import (
     AGENT_INFO,
     MAINTENANCE_INFO,
-    PER_SERVER,
     SAMPLE_SUFFIX,
     bridge_families,
     maintenance_labels,
+    per_server,
 )
+from bridge.serving import Serving
 from bridge.store import Server, Snapshot, Store
 
 OPENMETRICS = OM_TYPE.split(";")[0]
@@ -56,16 +57,19 @@ def _headers(encoder: Encoder, name: str, doc: str, typ: str) -> str:
     return text.replace("# EOF\n", "")
 
 
-def render_servers(snapshot: Snapshot, default_interval: float, encoder: Encoder) -> str:
-    """The per-server families, as `encoder` (a prometheus_client encoder) would write them."""
+def render_servers(snapshot: Snapshot, default_interval: float, encoder: Encoder,
+                   metric_set: str = "lean") -> str:
+    """The per-server families of `metric_set`, as `encoder` (a prometheus_client encoder)
+    would write them."""
     now = snapshot.taken_at
+    families, agent_info = per_server(metric_set)
     servers = snapshot.servers
     labelstrs = _server_label_strings(servers)
     # value -> text: intervals, flags and counts repeat across a fleet
     formatted: Dict[float, str] = {}
     text: Optional[str]
     out = []
-    for name, typ, doc, value in PER_SERVER:
+    for name, typ, doc, value in families:
         out.append(_headers(encoder, name, doc, typ))
         sample = name + SAMPLE_SUFFIX[typ]
         for server, labels in zip(servers, labelstrs):
@@ -79,7 +83,20 @@ def render_servers(snapshot: Snapshot, default_interval: float, encoder: Encoder
                 if text is None:
                     text = formatted[v] = floatToGoString(v)
             out.append(f"{sample}{labels} {text}\n")
-    out.append(_headers(encoder, *AGENT_INFO, "info"))
+    if agent_info:
+        out.append(_agent_info(servers, encoder))
+    out.append(_headers(encoder, *MAINTENANCE_INFO, "info"))
+    for server in servers:
+        maintenance = maintenance_labels(server, now)
+        if maintenance is not None:
+            out.append(f'{MAINTENANCE_INFO[0]}_info{{reason="{escape_label_value(maintenance["reason"])}'
+                       f'",server_id="{server.server_id}"}} 1.0\n')
+    return "".join(out)
+
+
+def _agent_info(servers: List[Server], encoder: Encoder) -> str:
+    """heartbeat_agent_info of every server (the full metric set)."""
+    out = [_headers(encoder, *AGENT_INFO, "info")]
     versions: Dict[str, str] = {}
     for server in servers:
         version = server.agent_version or ""
@@ -90,12 +107,6 @@ def render_servers(snapshot: Snapshot, default_interval: float, encoder: Encoder
         out.append(f'{AGENT_INFO[0]}_info{{agent_version="{escaped}",hostname="'
                    f'{escape_label_value(server.hostname or "")}",server_id='
                    f'"{server.server_id}"}} 1.0\n')
-    out.append(_headers(encoder, *MAINTENANCE_INFO, "info"))
-    for server in servers:
-        maintenance = maintenance_labels(server, now)
-        if maintenance is not None:
-            out.append(f'{MAINTENANCE_INFO[0]}_info{{reason="{escape_label_value(maintenance["reason"])}'
-                       f'",server_id="{server.server_id}"}} 1.0\n')
     return "".join(out)
 
 
@@ -150,17 +161,21 @@ def render_isolated(sources: Mapping[str, Any], encoder: Encoder) -> Tuple[bytes
 
 
 def render(store: Store, environ: Mapping[str, Any], extra_registry: CollectorRegistry,
-           default_interval: float, max_servers: int) -> Tuple[List[Tuple[str, str]], bytes]:
-    """(content type, headers, body) of one scrape from one store snapshot."""
+           default_interval: float, max_servers: int, metric_set: str = "lean",
+           serving: Optional[Serving] = None) -> Tuple[List[Tuple[str, str]], bytes]:
+    """(headers, body) of one scrape from one store snapshot; `serving` (when given) hears
+    of a store that cannot be read and gives heartbeat_bridge_serving_since_seconds."""
     started = time.perf_counter()
-    snapshot = store.snapshot()
+    snapshot = store.snapshot() if serving is None else serving.snapshot(store)
     encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT") or "")
-    rest = list(bridge_families(snapshot, max_servers, started))
+    stretch = None if serving is None or serving.since is None else (serving.since,
+                                                                       serving.unheard)
+    rest = list(bridge_families(snapshot, max_servers, started, stretch))
     own, success = render_isolated({"http_requests": extra_registry}, encoder)
     rest.append(success)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(rest))
-    body = (render_servers(snapshot, default_interval, encoder).encode() + own
+    body = (render_servers(snapshot, default_interval, encoder, metric_set).encode() + own
             + encoder(registry))
     headers = [("Content-Type", content_type)]
     if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING") or ""):

@@ -36,6 +36,7 @@ from bridge.config import Settings
 from bridge.errors import BridgeError
 from bridge.exposition import render
 from bridge.http_metrics import WorkerFiles
+from bridge.serving import Serving
 from bridge.status_query import status_answer, status_snapshots
 from bridge.store import StoreUnavailableError, open_store
 
@@ -214,6 +215,7 @@ class _Work:
         if settings.metrics_multiproc_dir:  # the workers' request metrics, merged
             self.registry.register(WorkerFiles(settings.metrics_multiproc_dir))
         self._snapshots: Any = None
+        self.serving: Optional[Serving] = None
 
     @property
     def store(self) -> Any:
@@ -224,8 +226,11 @@ class _Work:
 
     def metrics(self, accept: str, accept_encoding: str) -> Tuple[Headers, bytes]:
         environ = {"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": accept_encoding}
+        if self.serving is None:
+            self.serving = Serving(self.settings.started_at or None,
+                                   self.settings.heard_until or None)
         return render(self.store, environ, self.registry, self.settings.default_interval,
-                      self.settings.max_servers)
+                      self.settings.max_servers, self.settings.metric_set, self.serving)
 
     def status(self, args: Dict[str, str], if_none_match: str) -> Tuple[str, Optional[str]]:
         if self._snapshots is None:

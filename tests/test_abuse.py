@@ -81,7 +81,7 @@ def test_slow_clients_do_not_starve_real_beats(live_bridge):
 
 # -- floods ----------------------------------------------------------------------------------
 def test_the_rate_limit_holds_across_workers_and_writes_nothing(live_bridge):
-    bridge = live_bridge(HEARTBEAT_WORKERS="4")
+    bridge = live_bridge(HEARTBEAT_WORKERS="4", HEARTBEAT_METRICS="full")  # beat counts
     codes = [fresh_beat(bridge, "noisy") for _ in range(16)]
     assert [r.status_code for r in codes] == [200] * 10 + [429] * 6
     assert all(int(r.headers["Retry-After"]) >= 1 for r in codes[10:])
@@ -163,13 +163,14 @@ def test_no_token_reaches_the_log_from_admin_status_or_cli(live_bridge, tmp_path
 def test_a_fleet_token_rotation_keeps_every_agent_beating(live_bridge, tmp_path):
     db = f"sqlite:///{tmp_path / 'rotation.db'}"
     old, new = "fleet-old-0123456789", "fleet-new-0123456789"
-    bridge = live_bridge(db, HEARTBEAT_TOKEN=old)
+    bridge = live_bridge(db, HEARTBEAT_TOKEN=old, HEARTBEAT_METRICS="full")  # beat counts
     assert bridge.beat("agent-a", old).status_code == 200
     for tokens, accepted, refused in (
             (f"{old},{new}", [old, new], []),  # agents move over, one by one
             (new, [new], [old])):              # the old token is retired last
         bridge.stop()
-        bridge = live_bridge(db, port=bridge.port, HEARTBEAT_TOKEN=tokens)
+        bridge = live_bridge(db, port=bridge.port, HEARTBEAT_TOKEN=tokens,
+                             HEARTBEAT_METRICS="full")
         for token in accepted:
             for agent in ("agent-a", "agent-b"):
                 assert bridge.beat(agent, token).status_code == 200, (tokens, token)

@@ -488,7 +488,8 @@ def test_the_agent_beats_under_python_3_8(conf):
 
 @pytest.mark.slow
 def test_the_agent_beats_a_real_bridge_and_shows_up_in_metrics(conf, tmp_path):
-    bridge = Bridge("sqlite:///" + str(tmp_path / "hb.db"), HEARTBEAT_TOKEN=TOKEN).start()
+    bridge = Bridge("sqlite:///" + str(tmp_path / "hb.db"), HEARTBEAT_TOKEN=TOKEN,
+                    HEARTBEAT_METRICS="full").start()  # beat counts and agent facts
     proc = None
     try:
         proc = start_agent(conf, HEARTBEAT_URL=bridge.url, HEARTBEAT_SERVER_ID="agent-e2e")

@@ -28,7 +28,8 @@ from tests.tools import Bridge, Process, free_port, sample_map, value, wait_unti
 def bridge(tmp_path_factory):
     """One bridge for the module; each test uses its own server ids."""
     path = tmp_path_factory.mktemp("planned") / "hb.db"
-    bridge = Bridge("sqlite:///" + str(path), HEARTBEAT_TOKEN=TOKEN).start()
+    bridge = Bridge("sqlite:///" + str(path), HEARTBEAT_TOKEN=TOKEN,
+                    HEARTBEAT_METRICS="full").start()  # the goodbye, pause and retired flags
     try:
         yield bridge
     finally:

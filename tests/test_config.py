@@ -75,3 +75,14 @@ def test_serve_stops_at_start_with_a_message_naming_the_bad_variable():
     assert result.returncode == 2
     assert "HEARTBEAT_WORKERS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("raw, metric_set", [(None, "lean"), ("lean", "lean"), ("FULL", "full")])
+def test_the_metric_set_is_lean_unless_full_is_asked_for(raw, metric_set):
+    environ = {} if raw is None else {"HEARTBEAT_METRICS": raw}
+    assert Settings.from_env(environ).metric_set == metric_set
+
+
+def test_an_unknown_metric_set_is_refused_by_name():
+    with pytest.raises(ConfigError, match="HEARTBEAT_METRICS: expected one of lean, full"):
+        Settings.from_env({"HEARTBEAT_METRICS": "everything"})

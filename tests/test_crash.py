@@ -44,7 +44,7 @@ def test_every_acknowledged_beat_survives_a_sigkill_under_load(tmp_path):
     db = tmp_path / "crash.db"
     url = f"sqlite:///{db}"
     settings = dict(HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_RATE_LIMIT_BURST="0",
-                    HEARTBEAT_WORKERS="4")
+                    HEARTBEAT_WORKERS="4", HEARTBEAT_METRICS="full")  # beat counts
     bridge = Bridge(url, **settings).start()
     acked = collections.Counter()  # each key is written by one thread only
     stop = threading.Event()

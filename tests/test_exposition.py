@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.exposition import choose_encoder
 
-from bridge.collector import server_families
+from bridge.collector import METRIC_SETS, server_families
 from bridge.exposition import _Families, render_servers
 from bridge.store import Server, Snapshot
 from bridge.validate import SERVER_ID
@@ -37,21 +37,42 @@ def servers(draw):
         paused=draw(st.booleans()), paused_until=draw(maybe(times)),
         created_at=draw(times), hostname=draw(maybe(label_values)),
         agent_version=draw(maybe(label_values)), boot_time=draw(maybe(times)),
-        clock_skew=draw(maybe(st.floats(-1e6, 1e6))))
+        clock_skew=draw(maybe(st.floats(-1e6, 1e6) | st.sampled_from([-10.0, 10.0, 10.5]))),
+        expected_back=draw(maybe(times)), retired_at=draw(maybe(times)))
 
 
-def reference(snapshot, encoder):
-    return encoder(_Families(list(server_families(snapshot, 30.0)))).decode().replace(
-        "# EOF\n", "")
+def reference(snapshot, encoder, metric_set="lean"):
+    return encoder(_Families(list(server_families(snapshot, 30.0, metric_set)))).decode(
+    ).replace("# EOF\n", "")
 
 
+# A `now` close to the drawn times, so that recent boots and timed excuses occur.
 @settings(max_examples=150, deadline=None)
 @given(fleet=st.lists(servers(), max_size=8, unique_by=lambda s: s.server_id),
-       now=times, encoder=st.sampled_from(sorted(ENCODERS)))
-def test_fast_rendering_equals_the_library(fleet, now, encoder):
+       now=times | st.sampled_from([0.0, 1000.0, 2**33]),
+       encoder=st.sampled_from(sorted(ENCODERS)),
+       metric_set=st.sampled_from(METRIC_SETS))
+def test_fast_rendering_equals_the_library(fleet, now, encoder, metric_set):
     snapshot = Snapshot(sorted(fleet), {}, now)
-    assert render_servers(snapshot, 30.0, ENCODERS[encoder]) == reference(
-        snapshot, ENCODERS[encoder])
+    assert render_servers(snapshot, 30.0, ENCODERS[encoder], metric_set) == reference(
+        snapshot, ENCODERS[encoder], metric_set)
+
+
+def test_excuses_boots_and_skews_render_like_the_library_in_both_sets():
+    now = 1e9
+    fleet = [Server("away", {"team": "a"}, last_seen=now - 5, expected_back=now + 60,
+                    boot_time=now - 60, clock_skew=-75.0),
+             Server("booted", {"team": "a"}, last_seen=now - 5, boot_time=now - 60,
+                    clock_skew=0.2),
+             Server("paused", {}, last_seen=now - 5, paused=True, pause_reason="disk"),
+             Server("retired", {}, last_seen=now - 5, retired_at=now - 1),
+             Server("skewed", {}, last_seen=now - 5, boot_time=now - 86400, clock_skew=75.0),
+             Server("unseen", {"team": 'q"'}, created_at=now - 100)]
+    snapshot = Snapshot(fleet, {}, now)
+    for metric_set in METRIC_SETS:
+        for encoder in ENCODERS.values():
+            assert render_servers(snapshot, 30.0, encoder, metric_set) == reference(
+                snapshot, encoder, metric_set)
 
 
 def test_shared_label_sets_and_escapes_render_like_the_library():
@@ -61,4 +82,6 @@ def test_shared_label_sets_and_escapes_render_like_the_library():
              for i in range(20)]
     snapshot = Snapshot(fleet, {}, 1e9)
     for encoder in ENCODERS.values():
-        assert render_servers(snapshot, 30.0, encoder) == reference(snapshot, encoder)
+        for metric_set in METRIC_SETS:
+            assert render_servers(snapshot, 30.0, encoder, metric_set) == reference(
+                snapshot, encoder, metric_set)

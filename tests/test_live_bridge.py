@@ -17,7 +17,7 @@ def test_health_and_readiness(live_bridge):
 
 def test_state_survives_a_restart_unchanged(live_bridge, tmp_path):
     db = f"sqlite:///{tmp_path / 'persist.db'}"
-    bridge = live_bridge(db)
+    bridge = live_bridge(db, HEARTBEAT_METRICS="full")  # beat counts
     requests.post(bridge.url + "/api/servers", timeout=5, json={
         "server_id": "db-1", "labels": {"team": "db"}, "interval": 60},
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
@@ -28,12 +28,12 @@ def test_state_survives_a_restart_unchanged(live_bridge, tmp_path):
     before = per_server(bridge.metrics())
     assert before[("heartbeat_beats_total", (("server_id", "web-1"),))] == 5
     bridge.stop()
-    restarted = live_bridge(db, port=bridge.port)
+    restarted = live_bridge(db, port=bridge.port, HEARTBEAT_METRICS="full")
     assert per_server(restarted.metrics()) == before
 
 
 def test_every_worker_answers_metrics_the_same(live_bridge):
-    bridge = live_bridge(HEARTBEAT_WORKERS="4", HEARTBEAT_THREADS="2")
+    bridge = live_bridge(HEARTBEAT_WORKERS="4", HEARTBEAT_THREADS="2", HEARTBEAT_METRICS="full")
     servers = [f"node-{i:03d}" for i in range(40)]
     for round_ in range(3):
         for server in servers:
@@ -107,7 +107,7 @@ def test_a_small_chunked_beat_is_accepted(live_bridge):
 
 def test_live_metrics_pass_promtool_and_both_formats(live_bridge):
     require_binary("promtool")
-    bridge = live_bridge()
+    bridge = live_bridge(HEARTBEAT_METRICS="full")  # every family
     requests.post(bridge.url + "/api/servers", timeout=5, headers={
         "Authorization": f"Bearer {ADMIN_TOKEN}"}, json={
         "server_id": "edge.1", "labels": {"site": 'a "quoted" \\ site', "team": "nét"}})

@@ -21,7 +21,11 @@ def scrape(client, **kwargs):
 
 
 @pytest.fixture
-def fleet(client, clock):
+def full_client(app_factory):
+    return app_factory(metric_set="full").test_client()
+
+
+def make_fleet(client, clock):
     """web-1 beat twice with every field; db-1 registered with labels, paused, never seen."""
     start = clock.now
     client.post("/api/heartbeat/web-1/", headers=AUTH, json={
@@ -37,8 +41,70 @@ def fleet(client, clock):
     return start
 
 
-def test_every_per_server_metric_has_its_documented_value(client, clock, fleet):
+@pytest.fixture
+def fleet(client, clock):
+    return make_fleet(client, clock)
+
+
+def per_server_series(samples, server_id):
+    return sorted(name for name, labels in samples if dict(labels).get("server_id") == server_id)
+
+
+def test_the_lean_set_has_last_seen_and_interval_and_only_what_a_state_needs(client, clock,
+                                                                             fleet):
     s = sample_map(scrape(client).get_data(as_text=True))
+    web = {"server_id": "web-1"}
+    db = {"server_id": "db-1", "team": "db", "env": "prod"}
+    assert value(s, "heartbeat_last_seen_seconds", **web) == fleet + 15
+    assert value(s, "heartbeat_interval_seconds", **web) == 15
+    # booted an hour ago, clock 1.5 s ahead, not excused: nothing else to say
+    assert per_server_series(s, "web-1") == ["heartbeat_interval_seconds",
+                                             "heartbeat_last_seen_seconds"]
+    # paused for 2 hours (never seen, but the pause excuses it: no registration time)
+    assert value(s, "heartbeat_excused_until_seconds", **db) == clock.now + 7200
+    assert value(s, "heartbeat_maintenance_info", server_id="db-1", reason="disk swap") == 1
+    assert per_server_series(s, "db-1") == [
+        "heartbeat_excused_until_seconds", "heartbeat_interval_seconds",
+        "heartbeat_last_seen_seconds", "heartbeat_maintenance_info"]
+
+
+def test_the_lean_set_shows_a_reboot_a_skew_and_a_registration_while_they_matter(client, clock):
+    start = clock.now
+    client.post("/api/heartbeat/web-1/", headers=AUTH, json={
+        "boot_time": start - 120, "sent_at": start - 75})
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1", "labels": {"team": "x"}})
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert value(s, "heartbeat_boot_time_seconds", server_id="web-1") == start - 120
+    assert value(s, "heartbeat_clock_skew_seconds", server_id="web-1") == pytest.approx(-75)
+    assert value(s, "heartbeat_registered_timestamp_seconds", server_id="new-1",
+                 team="x") == start
+    assert len(per_server_series(s, "web-1")) == 4
+    clock.advance(900)  # the boot is 17 minutes old: no longer exported
+    client.post("/api/heartbeat/web-1/", headers=AUTH, json={"sent_at": clock.now + 0.2})
+    client.post("/api/heartbeat/new-1/", headers=AUTH)
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert per_server_series(s, "web-1") == ["heartbeat_interval_seconds",
+                                             "heartbeat_last_seen_seconds"]
+    assert per_server_series(s, "new-1") == ["heartbeat_interval_seconds",
+                                             "heartbeat_last_seen_seconds"]
+
+
+def test_retired_and_away_servers_are_excused_until_their_end(client, clock):
+    for server_id in ("gone-1", "away-1"):
+        client.post(f"/api/heartbeat/{server_id}/", headers=AUTH)
+    client.post("/api/servers/gone-1/retire", headers=ADMIN)
+    client.post("/api/heartbeat/away-1/goodbye", headers=AUTH, json={"back_within": "1h"})
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert value(s, "heartbeat_excused_until_seconds", server_id="gone-1") == float("inf")
+    assert value(s, "heartbeat_excused_until_seconds", server_id="away-1") == clock.now + 3600
+    clock.advance(3601)
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert ("heartbeat_excused_until_seconds", (("server_id", "away-1"),)) not in s
+
+
+def test_every_full_set_metric_has_its_documented_value(full_client, clock):
+    fleet = make_fleet(full_client, clock)
+    s = sample_map(scrape(full_client).get_data(as_text=True))
     web = {"server_id": "web-1"}
     db = {"server_id": "db-1", "team": "db", "env": "prod"}
     assert value(s, "heartbeat_last_seen_seconds", **web) == fleet + 15
@@ -49,16 +115,29 @@ def test_every_per_server_metric_has_its_documented_value(client, clock, fleet):
     assert value(s, "heartbeat_registered_timestamp_seconds", **web) == fleet
     assert value(s, "heartbeat_boot_time_seconds", **web) == fleet - 3600
     assert value(s, "heartbeat_clock_skew_seconds", **web) == pytest.approx(1.5)
+    assert value(s, "heartbeat_expected_back_seconds", **web) == 0
+    assert value(s, "heartbeat_retired", **web) == 0
     assert value(s, "heartbeat_agent_info", server_id="web-1", hostname="web-1.example.org",
                  agent_version="0.1.0") == 1
+    assert len(per_server_series(s, "web-1")) == 11
     # registered, labelled, paused, never seen
     assert value(s, "heartbeat_last_seen_seconds", **db) == 0
     assert value(s, "heartbeat_interval_seconds", **db) == 60
     assert value(s, "heartbeat_beats_total", **db) == 0
     assert value(s, "heartbeat_paused", **db) == 1
     assert value(s, "heartbeat_maintenance_until_seconds", **db) == clock.now + 7200
+    assert value(s, "heartbeat_excused_until_seconds", **db) == clock.now + 7200
     assert value(s, "heartbeat_agent_info", server_id="db-1", hostname="", agent_version="") == 1
     assert ("heartbeat_boot_time_seconds", tuple(sorted(db.items()))) not in s
+
+
+def test_serving_since_is_exported_on_the_store_clock(client, clock, fleet):
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert value(s, "heartbeat_bridge_serving_since_seconds") <= clock.now
+    since = value(s, "heartbeat_bridge_serving_since_seconds")
+    clock.advance(100)
+    s = sample_map(scrape(client).get_data(as_text=True))
+    assert value(s, "heartbeat_bridge_serving_since_seconds") == since
 
 
 def test_bridge_level_metrics(client, fleet):
@@ -90,13 +169,18 @@ def test_bridge_time_is_the_clock_that_stamps_beats_read_at_each_scrape(client, 
     assert "# TYPE heartbeat_bridge_time_seconds gauge" in scrape(client).get_data(as_text=True)
 
 
-def test_a_timed_pause_ends_by_itself(client, clock, fleet):
+def test_a_timed_pause_ends_by_itself(full_client, client, clock):
+    make_fleet(full_client, clock)
     clock.advance(7201)
-    s = sample_map(scrape(client).get_data(as_text=True))
     db = {"server_id": "db-1", "team": "db", "env": "prod"}
+    s = sample_map(scrape(full_client).get_data(as_text=True))
     assert value(s, "heartbeat_paused", **db) == 0
     assert value(s, "heartbeat_maintenance_until_seconds", **db) == 0
     assert value(s, "heartbeat_paused_servers") == 0
+    s = sample_map(scrape(client).get_data(as_text=True))  # lean: the never-seen grace starts
+    assert per_server_series(s, "db-1") == [
+        "heartbeat_interval_seconds", "heartbeat_last_seen_seconds",
+        "heartbeat_registered_timestamp_seconds"]
 
 
 def test_removed_servers_disappear_at_once(client, fleet):
@@ -109,7 +193,7 @@ def test_removed_servers_disappear_at_once(client, fleet):
 def test_relabelled_servers_change_at_once(client, fleet):
     client.patch("/api/servers/db-1", headers=ADMIN, json={"labels": {"team": "storage"}})
     s = sample_map(scrape(client).get_data(as_text=True))
-    assert value(s, "heartbeat_paused", server_id="db-1", team="storage") == 1
+    assert value(s, "heartbeat_excused_until_seconds", server_id="db-1", team="storage") > 0
     assert not any(dict(k[1]).get("team") == "db" for k in s)
 
 
@@ -119,13 +203,13 @@ def test_openmetrics_is_negotiated(client, fleet):
     text = response.get_data(as_text=True)
     assert text.endswith("# EOF\n")
     s = sample_map(text, om_parse)
-    assert value(s, "heartbeat_beats_total", server_id="web-1") == 2
+    assert value(s, "heartbeat_last_seen_seconds", server_id="web-1") == fleet + 15
 
 
 def test_gzip_is_served_when_asked(client, fleet):
     response = scrape(client, headers={"Accept-Encoding": "gzip"})
     assert response.headers["Content-Encoding"] == "gzip"
-    assert b"heartbeat_beats_total" in gzip.decompress(response.get_data())
+    assert b"heartbeat_last_seen_seconds" in gzip.decompress(response.get_data())
 
 
 def test_samples_carry_no_timestamps(client, fleet):
@@ -136,8 +220,9 @@ def test_samples_carry_no_timestamps(client, fleet):
 NASTY_LABELS = {"team": 'quote " backslash \\ newline-free', "env": "ünïcödé ✓", "site": ""}
 
 
-def test_values_that_need_escaping_come_out_valid(client, tmp_path):
+def test_values_that_need_escaping_come_out_valid(full_client, tmp_path):
     require_binary("promtool")
+    client = full_client
     assert client.post("/api/servers", headers=ADMIN, json={
         "server_id": "a.b_c-D9", "labels": NASTY_LABELS}).status_code == 201
     client.post("/api/heartbeat/a.b_c-D9/", headers=AUTH, json={

@@ -13,6 +13,13 @@ AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.fixture
+def app(app_factory):
+    """The full metric set: these tests read the goodbye, pause and retired flags
+    (test_metrics.py covers the lean set's heartbeat_excused_until_seconds)."""
+    return app_factory(metric_set="full")
+
+
 def metrics(client):
     return sample_map(client.get("/metrics").get_data(as_text=True))
 
@@ -139,7 +146,8 @@ def test_retire_and_unretire_through_the_admin_api(client, store):
 
 
 def test_silent_servers_are_retired_then_forgotten_when_configured(app_factory, store, clock):
-    client = app_factory(auto_retire_after_days=3, retired_retention_days=2).test_client()
+    client = app_factory(auto_retire_after_days=3, retired_retention_days=2,
+                         metric_set="full").test_client()
     client.post("/api/heartbeat/gone-1/", headers=AUTH)
     client.post("/api/heartbeat/alive-1/", headers=AUTH)
     clock.advance(3 * 86400 + 1)

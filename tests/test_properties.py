@@ -48,7 +48,10 @@ UNIQUE = itertools.count()
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     db = tmp_path_factory.mktemp("properties") / "heartbeat.db"
-    app = create_app(make_settings(f"sqlite:///{db}"), rejection_flush_every=0)
+    # Every family (the lean set's rendering is proven against the library in
+    # test_exposition.py): counters and agent facts must come out exactly too.
+    app = create_app(make_settings(f"sqlite:///{db}", metric_set="full"),
+                     rejection_flush_every=0)
     test_client = app.test_client()
     assert test_client.post("/api/servers", headers=ADMIN, json={
         "server_id": CANARY, "labels": CANARY_LABELS}).status_code == 201

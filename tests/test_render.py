@@ -49,7 +49,9 @@ def renderer(seeded):
 
 
 # What differs between two scrapes a moment apart: the scrape's own time and its clock.
-_OF_THE_MOMENT = ("heartbeat_scrape_duration_seconds", "heartbeat_bridge_time_seconds")
+# ...and of the process: since when it has served (each process starts its own stretch).
+_OF_THE_MOMENT = ("heartbeat_scrape_duration_seconds", "heartbeat_bridge_time_seconds",
+                  "heartbeat_bridge_serving_since_seconds", "heartbeat_bridge_unheard_seconds")
 
 
 def _without_timing(text, parse=text_string_to_metric_families):
@@ -68,7 +70,7 @@ def test_metrics_from_the_render_process_are_the_workers_own(seeded, renderer):
         assert _without_timing(body.decode(), parse) == _without_timing(here.decode(), parse)
     headers, body = renderer.metrics("", "gzip")
     assert ("Content-Encoding", "gzip") in headers
-    assert b'heartbeat_paused{server_id="web-3"} 1.0' in gzip.decompress(body)
+    assert b'heartbeat_excused_until_seconds{server_id="web-3"} +Inf' in gzip.decompress(body)
 
 
 def test_status_from_the_render_process_is_the_workers_own(seeded, renderer):
