@@ -135,7 +135,7 @@ def test_once_exits_1_when_nothing_listens_or_the_server_hangs(conf):
         started = time.monotonic()
         code, _, err = run_agent(conf, "--once", "--timeout", "0.3", HEARTBEAT_URL=server.url)
     assert (code, err) == (1, "heartbeat-agent: beat failed: no answer within 0.3s\n")
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # the 0.3 s timeout, not the server's endless hang
 
 
 def test_once_exits_1_when_the_name_does_not_resolve(conf):
@@ -237,14 +237,14 @@ def test_loop_survives_a_server_restart_and_a_hung_server(conf):
     assert log.count("recovered") == 1
 
 
-def test_sigterm_ends_the_loop_within_a_second_mid_sleep_and_mid_request(conf):
+def test_sigterm_ends_the_loop_at_once_mid_sleep_and_mid_request(conf):
     with BeatServer() as server:
-        proc = start_agent(conf, HEARTBEAT_URL=server.url, HEARTBEAT_INTERVAL="60")
+        proc = start_agent(conf, HEARTBEAT_URL=server.url, HEARTBEAT_INTERVAL="600")
         wait_until(lambda: server.requests, timeout=5, what="first beat")
         time.sleep(0.2)
         assert "stopped" in stop_agent(proc)
     with BeatServer(script=lambda r: "hang") as server:
-        proc = start_agent(conf, HEARTBEAT_URL=server.url, HEARTBEAT_TIMEOUT="30")
+        proc = start_agent(conf, HEARTBEAT_URL=server.url, HEARTBEAT_TIMEOUT="300")
         wait_until(lambda: server.requests, timeout=5, what="hanging request")
         assert "stopped" in stop_agent(proc)
 

@@ -150,7 +150,8 @@ def test_a_goodbye_on_exit_the_bridge_cannot_take_is_logged_and_bounded(tmp_path
             took = time.monotonic() - started
         finally:
             proc.stop()
-    assert code == 0 and took < ha.GOODBYE_TIMEOUT + 1.5, took
+    # bounded by the goodbye's timeout (3 s), not by the bridge's endless hang
+    assert code == 0 and ha.GOODBYE_TIMEOUT <= took < ha.GOODBYE_TIMEOUT + 10, took
     assert proc.log().splitlines()[-1] == ("heartbeat-agent: goodbye failed: no answer within "
                                            f"{ha.GOODBYE_TIMEOUT:g}s")
 
@@ -245,19 +246,20 @@ def test_one_shot_commands_never_wait(flags):
     with BeatServer() as server:
         code, _, took = say(server.url, "web-1", *flags, HEARTBEAT_INTERVAL="86400")
     assert code == 0 and len(server.requests) == 1
-    assert took < 3, took  # the loop would wait up to a day
+    assert took < 30, took  # the loop would wait up to a day
 
 
-def first_beat_after(tmp_path, *flags):
+def first_beat_after(tmp_path, *flags, interval="2"):
     """(seconds from start to the first beat, the starting log line) of the loop as a unit
-    starts it (interval 2 s), with `flags` added."""
+    starts it (interval 2 s unless given), with `flags` added."""
     conf = tmp_path / "agent.conf"
     conf.write_text("[agent]\n")
     with BeatServer() as server:
         started = time.monotonic()
         proc = Process([sys.executable, AGENT, "--config", conf, *flags], name="agent",
                        env=agent_env(HEARTBEAT_URL=server.url, HEARTBEAT_TOKEN=TOKEN,
-                                     HEARTBEAT_SERVER_ID="web-1", HEARTBEAT_INTERVAL="2")).start()
+                                     HEARTBEAT_SERVER_ID="web-1",
+                                     HEARTBEAT_INTERVAL=interval)).start()
         try:
             wait_until(lambda: server.requests, timeout=5, what="the first beat")
         finally:
@@ -269,12 +271,15 @@ def test_the_loop_waits_a_random_part_of_one_interval_before_its_first_beat(tmp_
     took, line = first_beat_after(tmp_path)
     delay = float(re.search(r", first beat in (\d+\.\d)s$", line).group(1))
     assert 0 <= delay <= 2
-    assert delay - 0.1 <= took < delay + 1.0, (took, line)  # + the interpreter's start-up
+    # waits the delay it states; how much later the beat comes (the interpreter's start-up
+    # on a busy machine) is not measured: the bound only tells the delay from a second one
+    assert delay - 0.1 <= took < delay + 30, (took, line)
 
 
 def test_initial_delay_0_beats_at_once(tmp_path):
-    took, line = first_beat_after(tmp_path, "--initial-delay", "0")
-    assert took < 1.0 and "first beat in" not in line
+    # a day's interval: a random delay within it would be more than 30 s but for 1 in 2,880
+    took, line = first_beat_after(tmp_path, "--initial-delay", "0", interval="86400")
+    assert took < 30 and "first beat in" not in line
 
 
 def test_by_default_the_first_beat_is_within_one_interval():

@@ -1,7 +1,6 @@
 """The bridge as it runs in production: `heartbeat-bridge serve` (gunicorn), real SQLite."""
 import socket
 import subprocess
-import time
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -77,10 +76,10 @@ def test_a_declared_oversized_body_is_refused_before_it_is_read(live_bridge):
     head = (f"POST /api/heartbeat/web-1/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
             f"{FLEET_TOKEN}\r\nContent-Type: application/json\r\n"
             f"Content-Length: 50000000\r\n\r\n").encode()
-    started = time.monotonic()
-    status = raw_request(bridge.port, head)  # 50 MB announced, none sent
+    # 50 MB announced, none sent: an answer at all (within raw_request's 5 s read timeout)
+    # shows the bridge did not wait for the body
+    status = raw_request(bridge.port, head)
     assert status.endswith("413 REQUEST ENTITY TOO LARGE") or " 413 " in status
-    assert time.monotonic() - started < 3
 
 
 def test_a_chunked_body_over_the_limit_is_cut_off(live_bridge):

@@ -172,7 +172,8 @@ def test_ten_thousand_idle_kept_alive_connections_cost_memory_not_beats(live_bri
             answer = read_response(sock)
             assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
             answered += 1
-        time.sleep(2)  # idle, while beats go on
+        going = len(beater.codes)  # idle, while beats go on: twenty more of them
+        wait_until(lambda: len(beater.codes) >= going + 20, timeout=30, what="20 more beats")
         after = rss_kb(bridge.pid)
         for sock in idle[::100]:  # still open, and reused
             sock.sendall(request)
