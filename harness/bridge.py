@@ -8,6 +8,8 @@ import requests
 from harness.ports import free_port, listener_inodes, socket_inodes
 from harness.process import ROOT, GiveUp, Process, wait_until
 
+FOREIGN_POLLS = 5  # polls in a row a listener must stay not the bridge's to be another's
+
 
 def bridge_env(database_url: str, port: int, **settings: Any) -> Dict[str, str]:
     """Environment for a bridge: only HEARTBEAT_* settings given here, plus the rest (PATH)."""
@@ -28,6 +30,7 @@ class Bridge(Process):
 
     def __init__(self, database_url: str, port: Optional[int] = None, **settings: Any):
         self.port = port or free_port()
+        self._foreign: Dict[int, int] = {}  # listeners on the port not the bridge's: polls seen
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__([sys.executable, "-m", "bridge", "serve"],
                          env=bridge_env(database_url, self.port, **settings), cwd=ROOT,
@@ -45,16 +48,21 @@ class Bridge(Process):
     def _ready(self) -> bool:
         """Every worker is listening (each has its own SO_REUSEPORT socket, bound when it
         has booted: until then connections only reach the others) and the store answers.
-        A listener that is not the bridge's own means another program shares the port:
+        A listener that stays not the bridge's own means another program shares the port:
         never wait on that, connections would silently reach either."""
         if not self.running():
             raise GiveUp(f"bridge exited with {self.proc and self.proc.returncode}")
         listening = listener_inodes(self.port)
-        foreign = listening - socket_inodes(self.pid)  # the bridge leads its own session
-        if foreign:
+        own = socket_inodes(self.pid)  # the bridge leads its own session
+        # read again: a socket closed during the scan of /proc is gone from the second read
+        foreign = (listening & listener_inodes(self.port)) - own
+        # and seen in several polls: one a worker was handed as its parent closed it may
+        # escape a single scan
+        self._foreign = {inode: self._foreign.get(inode, 0) + 1 for inode in foreign}
+        if any(seen >= FOREIGN_POLLS for seen in self._foreign.values()):
             raise GiveUp(f"{len(foreign)} socket(s) of another program listen on port "
                          f"{self.port}: the port is shared")
-        if len(listening) < int(self.env["HEARTBEAT_WORKERS"]):
+        if foreign or len(listening) < int(self.env["HEARTBEAT_WORKERS"]):
             return False
         return requests.get(self.url + "/readyz", timeout=1).status_code == 200
 

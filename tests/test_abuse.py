@@ -9,10 +9,13 @@ import sys
 import threading
 import time
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, unread_bytes, wait_until
+
+pytestmark = pytest.mark.live  # every test here starts a real program
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 STATUS_TOKEN = "status-token-0123456789"

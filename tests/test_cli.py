@@ -9,6 +9,8 @@ from bridge.auth import hash_token
 from bridge.store import open_store
 from tests.tools import ROOT
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 
 @pytest.fixture
 def db(tmp_path):

@@ -10,6 +10,8 @@ from bridge.auth import hash_token
 from bridge.store import open_store
 from tests.tools import ROOT, Bridge, free_port
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 ADMIN_TOKEN = "remote-admin-token-0123"
 
 

@@ -2,10 +2,13 @@
 import socket
 import subprocess
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, per_server, require_binary, total, wait_until
+
+pytestmark = pytest.mark.live  # every test here starts a real program
 
 
 def test_health_and_readiness(live_bridge):

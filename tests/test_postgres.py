@@ -21,19 +21,15 @@ from bridge.store import (
     open_store,
 )
 from bridge.validate import parse_beat
-from tests.tools import postgres_schema_url
 
 BEAT = parse_beat(b'{"interval": 30, "hostname": "h"}', "application/json")
 NO_LIMIT = BeatPolicy(rate_limit_burst=0)
 
 
 @pytest.fixture
-def pg():
-    """(admin connection, schema, URL) of a fresh schema, dropped afterwards."""
-    conn, schema, url = postgres_schema_url()
-    yield conn, schema, url
-    conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    conn.close()
+def pg(pg_schema):
+    """(admin connection, schema, URL) of a fresh schema: conftest's pg_schema."""
+    return pg_schema
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from bridge.store import BeatPolicy, StoreUnavailableError, open_store
 from bridge.validate import Beat
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, Bridge, make_settings, sample_map, wait_until
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 
 @pytest.fixture
 def seeded(tmp_path):

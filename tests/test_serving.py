@@ -119,6 +119,7 @@ def wait_closed(socks, deadline):
     return closed
 
 
+@pytest.mark.live
 def test_stalled_headers_and_bodies_are_cut_off_and_beats_never_fail(live_bridge):
     bridge = live_bridge(HEARTBEAT_HEADER_TIMEOUT=str(READ_TIMEOUT),
                          HEARTBEAT_BODY_TIMEOUT=str(READ_TIMEOUT),
@@ -155,6 +156,7 @@ def test_stalled_headers_and_bodies_are_cut_off_and_beats_never_fail(live_bridge
     assert len(codes) >= 10 and set(codes) == {200}, codes
 
 
+@pytest.mark.live
 def test_ten_thousand_idle_kept_alive_connections_cost_memory_not_beats(live_bridge):
     bridge = live_bridge(HEARTBEAT_RATE_LIMIT_BURST="0")
     before = rss_kb(bridge.pid)
@@ -224,6 +226,7 @@ TRICKS = [
 SECRETS = ("heartbeat_registered_servers", '"counts"')
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("worker_class", ["uvicorn", "gthread"])
 def test_no_forwarding_header_gets_past_a_proxy_acl_to_metrics_or_status(live_bridge, tmp_path,
                                                                         worker_class):
@@ -267,6 +270,7 @@ def raw_exchange(port, data):
         return answer
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("worker_class", ["uvicorn", "gthread"])
 def test_no_token_reaches_the_log_from_malformed_requests(live_bridge, worker_class):
     token = "secret-token-MALFORMED-0123"

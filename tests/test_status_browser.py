@@ -12,6 +12,8 @@ import requests
 
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, require_binary, wait_until
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 

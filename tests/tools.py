@@ -1,6 +1,7 @@
 """Helpers shared by the tests: tokens and a fake clock, settings, PostgreSQL schemas, the
 programs a test needs, reading /metrics, and Prometheus. Ports, processes, waits and the live
 bridge come from the harness package (bench uses it too) and are re-exported here."""
+import contextlib
 import os
 import uuid
 
@@ -62,6 +63,17 @@ def postgres_schema_url():
     schema = "t_" + uuid.uuid4().hex[:12]
     conn.execute(f"CREATE SCHEMA {schema}")
     return conn, schema, f"{POSTGRES_BASE}?options=-csearch_path%3D{schema}"
+
+
+@contextlib.contextmanager
+def postgres_schema():
+    """(admin connection, schema, URL) of a fresh schema, dropped (and closed) on exit."""
+    conn, schema, url = postgres_schema_url()
+    try:
+        yield conn, schema, url
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
 
 
 def make_settings(database_url, **changes):
