@@ -3,7 +3,7 @@
 Each function validates raw input (as it comes from JSON or the command line), makes
 one store call and returns the result; errors are InvalidInputError or the store's.
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from bridge.auth import hash_token, new_token
 from bridge.config import Settings
@@ -21,6 +21,61 @@ from bridge.validate import (
 
 MAX_REASON = 256
 ServerJSON = Dict[str, Any]  # a server as the admin API shows it (Server.as_dict)
+
+
+class Admin(Protocol):
+    """The operations `heartbeat-bridge` offers on servers and tokens, wherever they run:
+    StoreAdmin on a store it opened, bridge.remote.RemoteAdmin through a bridge's admin API.
+
+    Unless a method says otherwise: a server comes back as the admin API shows it, keys in
+    Server.as_dict's order; a bad argument raises InvalidInputError and an unknown id
+    UnknownServerError, both before anything changes; a store that cannot be reached raises
+    StoreUnavailableError (locally) or RemoteError (through the API: also a refused admin
+    token), having changed nothing. Each call is one store transaction.
+    """
+
+    def list(self) -> List[ServerJSON]:
+        """Every server, ordered by id."""
+
+    def get(self, server_id: str) -> ServerJSON:
+        """One server."""
+
+    def register(self, server_id: str, interval: Optional[float] = None,
+                 labels: Optional[Dict[str, str]] = None, with_token: bool = False
+                 ) -> Tuple[ServerJSON, Optional[str]]:
+        """Register a server; (server, its new token or None unless `with_token`). Raises
+        ServerExistsError for a known id, ServerLimitError at the server cap."""
+
+    def relabel(self, server_id: str, labels: Dict[str, str]) -> ServerJSON:
+        """Replace the server's operator labels."""
+
+    def set_interval(self, server_id: str, interval: Optional[float]) -> ServerJSON:
+        """Pin the interval (None: follow what the agent declares)."""
+
+    def pause(self, server_id: str, duration: Optional[str] = None,
+              until: Optional[float] = None, reason: Optional[str] = None) -> ServerJSON:
+        """Pause alerting for a duration ('2h'), until a Unix time, or (neither) until
+        resumed; at most one of the two."""
+
+    def resume(self, server_id: str) -> ServerJSON:
+        """End a pause, whoever started it."""
+
+    def retire(self, server_id: str, retired: bool = True) -> ServerJSON:
+        """Retire the server (no alerts; forgotten later), or bring it back."""
+
+    def remove(self, server_id: str) -> None:
+        """Forget the server and its token."""
+
+    def rotate_token(self, server_id: str, keep_previous_for: Optional[str] = None) -> str:
+        """A new token for the server (only its hash is kept); the old one stays valid for
+        `keep_previous_for` ('10m'), else ends now."""
+
+    def revoke_token(self, server_id: str) -> None:
+        """Drop the server's own token: the fleet token may enrol it again."""
+
+    def forget_silent(self, days: float) -> int:
+        """Remove servers silent for `days` days; how many. RemoteError through the API,
+        which has no such operation."""
 
 
 def register(store: Store, settings: Settings, server_id: Any, interval: Any = None,
@@ -166,12 +221,7 @@ def forget_silent(store: Store, days: Any) -> int:
 
 
 class StoreAdmin:
-    """The operations `heartbeat-bridge` offers, on a store it opened itself.
-
-    bridge.remote.RemoteAdmin offers the same methods through a bridge's admin API. Both
-    return servers as the admin API shows them (Server.as_dict) and raise the same errors,
-    so each CLI command is written once.
-    """
+    """Admin on a store the CLI opened itself (the type checker holds it to Admin)."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -221,3 +271,4 @@ class StoreAdmin:
 
     def forget_silent(self, days: float) -> int:
         return forget_silent(self.store, days)
+

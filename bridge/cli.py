@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from bridge import __version__, admin
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
@@ -16,12 +16,8 @@ from bridge.errors import BridgeError
 from bridge.remote import RemoteError
 from bridge.serving import last_beat
 from bridge.store import Store, StoreUnavailableError
-
-if TYPE_CHECKING:
-    from bridge.remote import RemoteAdmin
 from bridge.validate import InvalidInputError
 
-Admin = Union[admin.StoreAdmin, "RemoteAdmin"]  # the same methods, either way
 GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
 
 
@@ -74,7 +70,7 @@ def _remote(args: argparse.Namespace, settings: Settings) -> Settings:
     return settings
 
 
-def _admin(args: argparse.Namespace, settings: Settings) -> "Admin":
+def _admin(args: argparse.Namespace, settings: Settings) -> admin.Admin:
     """Where the servers and tokens commands act: the store, or a bridge's admin API."""
     if not settings.url:
         return admin.StoreAdmin(_store(settings), settings)

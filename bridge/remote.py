@@ -1,6 +1,6 @@
 """The CLI's operations on a bridge it cannot open the store of, through its admin API.
 
-RemoteAdmin has the methods of bridge.admin.StoreAdmin and answers alike: servers as the
+RemoteAdmin implements bridge.admin.Admin as StoreAdmin does: servers as the
 admin API's JSON objects, and the API's error answers ({"error", "message"}) raised as the
 exceptions the store and the validators raise, so `heartbeat-bridge` prints the same lines
 whichever way it reached the bridge.

@@ -330,7 +330,7 @@ class Store(Protocol):
     # -- the operator's changes (each returns the server as it is afterwards) -------------
     def register(self, server_id: str, interval: Optional[float] = None,
                  labels: Optional[Dict[str, str]] = None, token_hash: Optional[str] = None,
-                 max_servers: int = 100000) -> "Server":
+                 max_servers: int = BeatPolicy.max_servers) -> "Server":
         """Add a server that has never beaten. Raises ServerExistsError if the id is known
         (also when another replica registers it at the same moment) and ServerLimitError
         past `max_servers`."""
@@ -379,12 +379,27 @@ class Store(Protocol):
         """Insert or overwrite the servers of export_rows(); add the counters."""
 
 
+SQLITE_PREFIX = "sqlite:///"
+POSTGRESQL_PREFIXES = ("postgresql://", "postgres://")
+
+
+def database_kind(url: str) -> Optional[str]:
+    """'sqlite' for sqlite:///PATH (a PATH given), 'postgresql' for postgresql://... or
+    postgres://..., None for anything else: the one place a database URL is recognised."""
+    if url.startswith(SQLITE_PREFIX) and len(url) > len(SQLITE_PREFIX):
+        return "sqlite"
+    if url.startswith(POSTGRESQL_PREFIXES):
+        return "postgresql"
+    return None
+
+
 def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
     """A Store for a database URL: sqlite:///path or postgresql://..."""
-    if url.startswith("sqlite:///"):
+    kind = database_kind(url)
+    if kind == "sqlite":
         from bridge.store.sqlite import SQLiteStore
-        return SQLiteStore(url[len("sqlite:///"):], clock=clock, **options)
-    if url.startswith(("postgresql://", "postgres://")):
+        return SQLiteStore(url[len(SQLITE_PREFIX):], clock=clock, **options)
+    if kind == "postgresql":
         from bridge.store.postgres import PostgresStore
         return PostgresStore(url, clock=clock, **options)
     raise ValueError(f"unsupported database URL: {url!r}")

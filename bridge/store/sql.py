@@ -240,7 +240,7 @@ class SQLStore:
     # -- lifecycle -----------------------------------------------------------------------
     def register(self, server_id: str, interval: Optional[float] = None,
                  labels: Optional[Dict[str, str]] = None, token_hash: Optional[str] = None,
-                 max_servers: int = 100000) -> Server:
+                 max_servers: int = BeatPolicy.max_servers) -> Server:
         """Add a server that has never beaten; raise ServerExistsError if it is known."""
         now = self.clock()
         with self._transaction(write=True) as cur:
