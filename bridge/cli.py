@@ -162,7 +162,8 @@ def _iso(ts: float) -> str:
 
 def servers_list(args: argparse.Namespace, settings: Settings) -> None:
 
-    from bridge.status_query import parse_query, select_servers
+    from bridge.server_list import select_servers
+    from bridge.status_query import parse_query
     # The filters of /api/status and the status page (bridge/status_query.py).
     given = {"state": args.state, "q": args.filter, "sort": args.sort, "order": args.order,
              "page": args.page, "per_page": args.per_page}

@@ -37,7 +37,7 @@ from bridge.errors import BridgeError
 from bridge.exposition import render
 from bridge.http_metrics import WorkerFiles
 from bridge.serving import Serving
-from bridge.status_query import status_answer, status_snapshots
+from bridge.status_answer import status_answer, status_snapshots
 from bridge.store import StoreUnavailableError, open_store
 
 log = logging.getLogger("bridge")

@@ -9,7 +9,7 @@ import pytest
 import requests
 import yaml
 
-from bridge.collector import (
+from bridge.metric_table import (
     AGENT_INFO,
     MAINTENANCE_INFO,
     METRIC_SETS,

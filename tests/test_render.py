@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.errors import BridgeError
 from bridge.exposition import render
 from bridge.render import RENDER_NICE, Renderer, RenderError
-from bridge.status_query import status_answer, status_snapshots
+from bridge.status_answer import status_answer, status_snapshots
 from bridge.store import BeatPolicy, StoreUnavailableError, open_store
 from bridge.validate import Beat
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, Bridge, make_settings, sample_map, wait_until

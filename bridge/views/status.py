@@ -10,8 +10,9 @@ from typing import Optional
 from flask import Blueprint, Response, current_app, render_template, request
 
 from bridge.status import DOWN_AFTER, LATE_AFTER, STATE_NAMES, STATES
+from bridge.status_answer import status_answer, status_snapshots
 from bridge.status_cache import SnapshotCache
-from bridge.status_query import parse_query, status_answer, status_snapshots
+from bridge.status_query import parse_query
 from bridge.views import error, state
 
 bp = Blueprint("status", __name__)
