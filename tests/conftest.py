@@ -115,19 +115,34 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture
-def live_bridge(tmp_path):
-    """Start real bridges (gunicorn) on SQLite files; all are stopped at the end of the test."""
+def _bridges(directory):
+    """A function that starts real bridges (gunicorn), on `directory`/bridge.db unless given
+    a database URL, and stops them all when the generator is closed."""
     started = []
 
     def start(database_url=None, **settings):
         settings.setdefault("HEARTBEAT_TOKEN", FLEET_TOKEN)
         settings.setdefault("HEARTBEAT_ADMIN_TOKEN", ADMIN_TOKEN)
-        url = database_url or f"sqlite:///{tmp_path / 'bridge.db'}"
+        url = database_url or f"sqlite:///{directory / 'bridge.db'}"
         bridge = Bridge(url, **settings).start()
         started.append(bridge)
         return bridge
 
-    yield start
-    for bridge in started:
-        bridge.stop()
+    try:
+        yield start
+    finally:
+        for bridge in started:
+            bridge.stop()
+
+
+@pytest.fixture
+def live_bridge(tmp_path):
+    """Start real bridges on a fresh SQLite file; all are stopped at the end of the test."""
+    yield from _bridges(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_bridge(tmp_path_factory):
+    """Start real bridges the tests of one module share (tests that only read what the
+    fixture built, or write ids no other test reads); stopped after the module."""
+    yield from _bridges(tmp_path_factory.mktemp("module-bridge"))
