@@ -82,7 +82,8 @@ class BeatEndpoint:
             elif caller.kind == "fleet" and hb.auth.enrolment:
                 # Until the server uses a token of its own, every fleet-token request is
                 # answered with a new one: a lost answer never locks the host out.
-                answer["token"] = admin.enrol(hb.store, server_id)
+                answer["token"] = admin.enrol(hb.store, server_id,
+                                              hb.policy.max_agent_interval)
             return 200, answer, []
         except StoreUnavailableError as exc:
             log.error("beat for %r not recorded: %s", server_id, exc)
