@@ -37,6 +37,7 @@ def test_each_credential_can_do_what_the_threat_model_says_and_nothing_more(live
     rows = [  # (credential, method, path, body, expected status)
         # the fleet token: enrols a new id, and nothing for an enrolled one
         (FLEET_TOKEN, "POST", beat.format("new-1"), None, 200),
+        (FLEET_TOKEN, "POST", goodbye.format("new-1"), {"retire": True}, 403),
         (FLEET_TOKEN, "POST", beat.format("web-2"), None, 401),
         (FLEET_TOKEN, "POST", goodbye.format("web-2"), {"retire": True}, 401),
         (FLEET_TOKEN, "POST", maintenance.format("web-2"), {"for": "1h"}, 401),

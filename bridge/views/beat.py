@@ -76,7 +76,7 @@ class BeatEndpoint:
             if len(body) > MAX_BODY_BYTES:
                 raise _too_large()
             caller = hb.auth.check_beat(hb.store, server_id, authorization)
-            answer = methods[method](hb, server_id, body, content_type)
+            answer = methods[method](hb, caller, server_id, body, content_type)
             if caller.confirm and caller.token_hash is not None:
                 hb.store.confirm_token(server_id, caller.token_hash)
             elif caller.kind == "fleet" and hb.auth.enrolment:
@@ -110,15 +110,21 @@ class BeatEndpoint:
         return status, error_body(reason, message), headers
 
 
-def _beat(hb, server_id, body, content_type):
+def _beat(hb, caller, server_id, body, content_type):
     beat = parse_beat(body, content_type)
     received_at, interval = hb.store.record_beat(server_id, beat, hb.policy)
     return {"server_id": server_id, "received_at": received_at, "interval": interval}
 
 
-def _goodbye(hb, server_id, body, content_type):
-    """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed."""
+def _goodbye(hb, caller, server_id, body, content_type):
+    """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed.
+    Retiring has no end (the server is forgotten after retention), so only the server's own
+    token may: the fleet token could otherwise retire every id without a confirmed token,
+    servers an operator registered without one included."""
     data = parse_object(body, content_type)
+    if data.get("retire") is True and caller.kind != "server":
+        raise InvalidInputError("own_token_required", "retiring a server needs its own token; "
+                                "the fleet token only enrols (an operator can retire it)", 403)
     expected_back = admin.goodbye(hb.store, server_id, hb.policy, hb.max_host_silence,
                                   data.get("back_within"), data.get("retire", False))
     server = hb.store.get(server_id)
@@ -126,7 +132,7 @@ def _goodbye(hb, server_id, body, content_type):
             "retired": server.retired_at is not None}
 
 
-def _maintenance_start(hb, server_id, body, content_type):
+def _maintenance_start(hb, caller, server_id, body, content_type):
     data = parse_object(body, content_type)
     server = admin.host_maintenance(hb.store, server_id, hb.policy, hb.max_host_silence,
                                     duration=data.get("for"), until=data.get("until"),
@@ -135,7 +141,7 @@ def _maintenance_start(hb, server_id, body, content_type):
             "reason": server.pause_reason}
 
 
-def _maintenance_end(hb, server_id, body, content_type):
+def _maintenance_end(hb, caller, server_id, body, content_type):
     admin.host_resume(hb.store, server_id, hb.policy)
     return {"server_id": server_id, "paused_until": None, "reason": None}
 
