@@ -217,6 +217,15 @@ def test_an_operator_may_pin_a_longer_interval_than_an_agent_may_declare(client,
     assert store.get("batch-1").interval(30) == 7200
 
 
+def test_the_cap_applies_to_what_a_host_declares_while_pinned_too(client, store):
+    post(client, "batch-1", json={"interval": 600})
+    client.patch("/api/servers/batch-1", headers=ADMIN, json={"interval": 7200})
+    assert post(client, "batch-1", json={"interval": 86400}).status_code == 200  # counted
+    assert store.get("batch-1").declared_interval == 600  # the declaration is not kept
+    client.patch("/api/servers/batch-1", headers=ADMIN, json={"interval": None})
+    assert store.get("batch-1").interval(30) == 600
+
+
 @pytest.mark.parametrize("raw", ['{"interval": 1' + "0" * 400 + '}', '{"interval": 1e400}',
                                  '{"interval": NaN}', '{"seq": 1e400}', '{"sent_at": 1e400}',
                                  '{"boot_time": 1' + "0" * 400 + '}'])

@@ -148,9 +148,14 @@ class SQLStore:
                     self._insert_locked(cur, server_id, now, policy.max_servers)
                     row = (None, None, None)
             registered, declared, tat = row
-            if beat.interval and beat.interval > policy.max_agent_interval and not registered:
-                raise IntervalTooLongError(beat.interval, policy.max_agent_interval)
-            interval = registered or beat.interval or declared or policy.default_interval
+            declaring = beat.interval
+            if declaring and declaring > policy.max_agent_interval:
+                if not registered:
+                    raise IntervalTooLongError(declaring, policy.max_agent_interval)
+                # Pinned by an operator: the beat counts, but a declaration over the cap is
+                # not kept (it would take effect the day the operator unpins).
+                declaring = None
+            interval = registered or declaring or declared or policy.default_interval
             tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
             if retry_after is not None:
                 raise RateLimitedError(retry_after)
@@ -162,7 +167,7 @@ class SQLStore:
                 "boot_time = COALESCE(?, boot_time), clock_skew = COALESCE(?, clock_skew), "
                 "seq = COALESCE(?, seq), expected_back = NULL, " + _UNLESS_OPERATOR_RETIRED +
                 "WHERE server_id = ?",
-                (now, tat, beat.interval, beat.hostname, beat.agent_version, beat.boot_time,
+                (now, tat, declaring, beat.hostname, beat.agent_version, beat.boot_time,
                  skew, beat.seq, server_id))
         return now, interval
 
