@@ -66,6 +66,9 @@ def test_each_credential_can_do_what_the_threat_model_says_and_nothing_more(live
     got = [(method, path, call(bridge, method, path, token, json=body).status_code)
            for token, method, path, body, _ in rows]
     assert got == [(method, path, status) for _, method, path, _, status in rows]
+    # the refusal HeartbeatEnrolmentConflict pages on names its id in the log, never a token
+    assert "the fleet token was refused for 'web-2'" in bridge.log()
+    assert FLEET_TOKEN not in bridge.log()
 
 
 def test_a_compromised_host_cannot_silence_the_fleet(live_bridge):

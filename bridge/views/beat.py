@@ -101,7 +101,12 @@ class BeatEndpoint:
 
     def _reject(self, server_id, reason, status, message, headers=()):
         self.state.rejections.add(reason)
-        log.debug("rejected beat for %r: %s", server_id[:128], reason)
+        if reason == "enrolled":  # names the id HeartbeatEnrolmentConflict is about
+            log.warning("the fleet token was refused for %r, which uses its own token: that "
+                        "host lost its token file, or another host enrolled the id",
+                        server_id[:128])
+        else:
+            log.debug("rejected beat for %r: %s", server_id[:128], reason)
         headers = list(headers)
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
