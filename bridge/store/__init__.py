@@ -394,7 +394,8 @@ def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from bridge.store.postgres import PostgresStore
         return PostgresStore(url, clock=clock, **options)
-    raise ValueError(f"unsupported database URL: {url!r}")
+    from bridge.config import mask_url
+    raise ValueError(f"unsupported database URL: {mask_url(url)!r}")
 
 
 def rate_limit(tat: Optional[float], now: float, interval: float, burst: int
