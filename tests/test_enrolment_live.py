@@ -173,3 +173,25 @@ def test_an_agent_that_cannot_keep_its_token_warns_and_goes_on(live_bridge, tmp_
         assert code == 0 and "warning: cannot keep the token" in out, out
     server = call(bridge, "GET", "/api/servers/host-1", ADMIN_TOKEN).json()["server"]
     assert (server["enrolment"], server["beats_total"]) == ("pending", 2)
+
+
+def test_no_answer_that_carries_a_token_or_admin_data_may_be_cached(live_bridge):
+    bridge = live_bridge(HEARTBEAT_STATUS_TOKEN=STATUS_TOKEN)
+    issued = call(bridge, "POST", "/api/heartbeat/web-1/", FLEET_TOKEN)
+    own = issued.json()["token"]
+    answers = [
+        issued,
+        call(bridge, "POST", "/api/heartbeat/web-1/", own),
+        call(bridge, "POST", "/api/heartbeat/web-1/", "wrong-token-0123"),
+        call(bridge, "GET", "/api/servers", ADMIN_TOKEN),
+        call(bridge, "GET", "/api/servers", "wrong-token-0123"),
+        call(bridge, "POST", "/api/servers", ADMIN_TOKEN, json={"server_id": "db-1",
+                                                                "token": True}),
+        call(bridge, "POST", "/api/servers/db-1/token", ADMIN_TOKEN),
+        call(bridge, "GET", "/api/servers/ghost", ADMIN_TOKEN),
+        call(bridge, "GET", "/api/status", STATUS_TOKEN),
+        call(bridge, "GET", "/", STATUS_TOKEN),
+    ]
+    for answer in answers:
+        assert answer.headers.get("Cache-Control") == "no-store", answer.url
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", answer.url

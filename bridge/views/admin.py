@@ -25,6 +25,14 @@ def require_admin() -> Optional[Response]:
     return None
 
 
+@bp.after_request
+def private(response: Response) -> Response:
+    """Admin answers carry tokens and the fleet's data: for no cache, and never sniffed."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _body() -> Dict[str, Any]:
     """The JSON object sent, {} for an empty body; 400/415 otherwise (as every endpoint), 413
     over MAX_CONTENT_LENGTH, chunked or sized."""

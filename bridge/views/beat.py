@@ -31,6 +31,10 @@ Answer = Tuple[int, Dict[str, Any], List[Tuple[str, str]]]
 
 PREFIX = "/api/heartbeat"
 
+# On every answer: an enrolment answer carries a token, and no answer is for a cache or
+# for content sniffing.
+PRIVATE = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+
 # What a host is told when the store is down: its beat was not kept (the errors' own
 # words everywhere else: bridge.errors).
 NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
@@ -69,7 +73,8 @@ class BeatEndpoint:
         methods = _ACTIONS[action]
         if method not in methods:
             allowed = ", ".join(sorted(methods))
-            return 405, error_body("method_not_allowed", f"use {allowed}"), [("Allow", allowed)]
+            return 405, error_body("method_not_allowed", f"use {allowed}"), [("Allow", allowed),
+                                                                             *PRIVATE]
         hb = self.state
         try:
             check_server_id(server_id)
@@ -84,7 +89,7 @@ class BeatEndpoint:
                 # answered with a new one: a lost answer never locks the host out.
                 answer["token"] = admin.enrol(hb.store, server_id,
                                               hb.policy.max_agent_interval)
-            return 200, answer, []
+            return 200, answer, list(PRIVATE)
         except StoreUnavailableError as exc:
             log.error("beat for %r not recorded: %s", server_id, exc)
             return self.unavailable(server_id)
@@ -107,7 +112,7 @@ class BeatEndpoint:
                         server_id[:128])
         else:
             log.debug("rejected beat for %r: %s", server_id[:128], reason)
-        headers = list(headers)
+        headers = [*headers, *PRIVATE]
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
         if status == 413:
