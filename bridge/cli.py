@@ -3,13 +3,12 @@ bridge's admin API with --url (HEARTBEAT_URL)."""
 import argparse
 import datetime
 import json
-import logging
 import os
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
-from bridge import __version__, admin
+from bridge import __version__, admin, logs
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
@@ -88,7 +87,7 @@ def _admin(args: argparse.Namespace, settings: Settings) -> "Admin":
 # -- serve -----------------------------------------------------------------------------------
 def serve(args: argparse.Namespace, settings: Settings) -> None:
     """Exec gunicorn with the project's config; every worker reads the same settings."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level)
     if settings.allow_unauthenticated:
         print("WARNING: HEARTBEAT_ALLOW_UNAUTHENTICATED is on: anyone who can reach "
               f"{settings.bind} can send beats for any server id.", file=sys.stderr)
