@@ -253,13 +253,15 @@ class _Reader:
 
 def read_secret_file(path: str, name: str) -> str:
     """The stripped contents of a secret file; ConfigError naming `name` if unreadable or empty."""
+    # A name without a '/' may be a token typed where its file's path belongs: not repeated.
+    shown = repr(path) if "/" in path else "the file named (not shown: no '/' in it)"
     try:
         with open(path, encoding="utf-8") as handle:
             value = handle.read().strip()
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+        raise ConfigError(f"{name}: cannot read {shown}: {exc.strerror}") from None
     if not value:
-        raise ConfigError(f"{name}: {path!r} is empty")
+        raise ConfigError(f"{name}: {shown} is empty")
     return value
 
 
