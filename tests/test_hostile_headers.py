@@ -75,8 +75,8 @@ def test_a_chunked_admin_body_over_the_limit_is_refused_and_changes_nothing(live
 
 # --- fuzzing both headers on every route ----------------------------------------------------
 
-# (method, path, token, body): each route on a server of its own, so one route's accepted
-# requests (a rotated token, a pause) do not change what another route is sent.
+# (method, path, token, body): every route, each on a server of its own, so one route's
+# accepted requests (a rotated token, a pause, a removal) do not change what another is sent.
 ROUTES = [
     ("POST", "/api/heartbeat/fz-beat/", "own", {"interval": 60}),
     ("POST", "/api/heartbeat/fz-bye/goodbye", "own", {"back_within": "1h"}),
@@ -88,13 +88,20 @@ ROUTES = [
     ("PATCH", "/api/servers/fz-adm", ADMIN_TOKEN, {"labels": {"team": "x"}}),
     ("POST", "/api/servers/fz-adm/pause", ADMIN_TOKEN, {"for": "1h"}),
     ("POST", "/api/servers/fz-adm/resume", ADMIN_TOKEN, None),
+    ("GET", "/api/servers/fz-adm", ADMIN_TOKEN, None),
+    ("POST", "/api/servers/fz-ret/retire", ADMIN_TOKEN, None),
+    ("POST", "/api/servers/fz-ret/unretire", ADMIN_TOKEN, None),
     ("POST", "/api/servers/fz-rot/token", ADMIN_TOKEN, {"keep_previous_for": "1h"}),
+    ("DELETE", "/api/servers/fz-rev/token", ADMIN_TOKEN, None),
+    ("DELETE", "/api/servers/fz-del", ADMIN_TOKEN, None),
     ("GET", "/", ADMIN_TOKEN, None),
     ("GET", "/api/status", ADMIN_TOKEN, None),
     ("GET", "/metrics", None, None),
     ("GET", "/healthz", None, None),
     ("GET", "/readyz", None, None),
     ("GET", "/openapi.yaml", None, None),
+    ("GET", "/api", None, None),
+    ("GET", "/static/status.js", None, None),
 ]
 OWN_TOKEN_SERVERS = ("fz-beat", "fz-bye", "fz-mnt")
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF,
@@ -120,7 +127,7 @@ def fuzzed(tmp_path_factory):
                     HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN, HEARTBEAT_RATE_LIMIT_BURST="0",
                     HEARTBEAT_BODY_TIMEOUT="1").start()
     tokens = {}
-    for server_id in OWN_TOKEN_SERVERS + ("fz-adm", "fz-rot"):
+    for server_id in OWN_TOKEN_SERVERS + ("fz-adm", "fz-ret", "fz-rot", "fz-rev", "fz-del"):
         answer = requests.post(bridge.url + "/api/servers", headers=ADMIN, timeout=5,
                                json={"server_id": server_id, "token": True})
         tokens[server_id] = answer.json()["token"]
