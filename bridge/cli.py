@@ -4,22 +4,12 @@ import argparse
 import datetime
 import json
 import os
-import re
 import sys
 import tempfile
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    Dict,
-    List,
-    NoReturn,
-    Optional,
-    Sequence,
-    Union,
-)
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 from bridge import __version__, admin, logs
+from bridge.arguments import QuietParser
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
@@ -297,38 +287,9 @@ def _labels(pairs: Optional[List[str]]) -> Dict[str, str]:
     return labels
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, whose errors never repeat a value typed on the command line: one may be a
-    secret in the wrong place (`servers list --admin-token SECRET`)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {_without_values(message)}\n")
-
-
-_NOT_REPEATED = " (values are not repeated: one may be a secret; see --help)"
-# "argument --interval: invalid float value: 'x'", "argument COMMAND: invalid choice: 'x'
-# (choose from ...)": everything but the value
-_INVALID_VALUE = re.compile(r"(?s)(?P<head>.*?invalid [\w ]*?(?:value|choice)): .*?"
-                            r"(?P<tail>\s\(choose from .*\))?\Z")
-
-
-def _without_values(message: str) -> str:
-    """An argparse error message without the values the user typed."""
-    if message.startswith("unrecognized arguments:"):
-        names = [word.split("=")[0] for word in message.split(":", 1)[1].split()
-                 if word.startswith("-")]
-        return (f"unknown option {' '.join(names)}" if names else "unexpected value") \
-            + _NOT_REPEATED
-    match = _INVALID_VALUE.match(message)
-    if match:
-        return match.group("head") + _NOT_REPEATED + (match.group("tail") or "")
-    return message
-
-
 def _parser() -> argparse.ArgumentParser:
     # No abbreviations: `--admin-token SECRET` must not pass for --admin-token-file.
-    parser = _Parser(prog="heartbeat-bridge", description=__doc__, allow_abbrev=False)
+    parser = QuietParser(prog="heartbeat-bridge", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"heartbeat-bridge {__version__}")
     parser.add_argument("--database-url", help="overrides HEARTBEAT_DATABASE_URL")
     parser.add_argument("--url", help="manage the bridge at this URL through its admin API "
