@@ -195,3 +195,14 @@ def test_no_answer_that_carries_a_token_or_admin_data_may_be_cached(live_bridge)
     for answer in answers:
         assert answer.headers.get("Cache-Control") == "no-store", answer.url
         assert answer.headers.get("X-Content-Type-Options") == "nosniff", answer.url
+
+
+def test_a_pinned_interval_keeps_no_declaration_over_the_cap(live_bridge):
+    bridge = live_bridge()
+    own = enrol(bridge, "batch-1")
+    call(bridge, "PATCH", "/api/servers/batch-1", ADMIN_TOKEN, json={"interval": 7200})
+    assert call(bridge, "POST", "/api/heartbeat/batch-1/", own,
+                json={"interval": 86400}).status_code == 200
+    unpinned = call(bridge, "PATCH", "/api/servers/batch-1", ADMIN_TOKEN,
+                    json={"interval": None}).json()["server"]
+    assert unpinned["declared_interval"] is None and unpinned["interval"] == 30
