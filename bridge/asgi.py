@@ -47,7 +47,7 @@ class BridgeASGI:
         self.state = flask_app.extensions["heartbeat"]
         # the BeatEndpoint create_app mounted in its DispatcherMiddleware
         self.beats = flask_app.wsgi_app.mounts[PREFIX]  # type: ignore[attr-defined]
-        self.wsgi = WSGIMiddleware(flask_app,  # type: ignore[arg-type]  # werkzeug's types
+        self.wsgi = WSGIMiddleware(_input_terminated(flask_app),
                                    workers=self.state.settings.threads)
         self.writer = GroupWriter(self.state.store)
         if self.state.settings.render_process:
@@ -59,10 +59,24 @@ class BridgeASGI:
             path = scope["path"]
             if path.startswith(PREFIX) and path[len(PREFIX):len(PREFIX) + 1] in ("", "/"):
                 return await self.beat(scope, receive, send)
-            return await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
+            return await self.flask(scope, receive, send)
         if kind == "lifespan":
             return await self.lifespan(receive, send)
         # websocket: not served
+
+    async def flask(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Flask, in a thread, once the whole body is here (up to the limit, past which Flask
+        answers 413): a request whose client left mid-body, or whose framing the server
+        refused (a Transfer-Encoding other than chunked), never reaches a view, so none
+        acts on a body it did not receive. A declared length over the limit is not read."""
+        limit = self.flask_app.config["MAX_CONTENT_LENGTH"]
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if not (length.isdigit() and int(length) > limit):
+            body = await _whole_body(receive, limit)
+            if body is None:
+                return  # the client went away, or was cut off by the body timeout
+            receive = _replay(body, receive)
+        await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -108,17 +122,47 @@ class BridgeASGI:
         return self.beats.unavailable(server_id)
 
 
+def _input_terminated(app: Any) -> Any:
+    """`app` told that wsgi.input ends where the body ends, as a2wsgi's does (it reads the
+    ASGI body messages, chunked ones too): without that, werkzeug reads a body that has no
+    Content-Length as empty, and an admin request would act without what it was sent.
+    Flask's MAX_CONTENT_LENGTH then bounds chunked bodies as it bounds sized ones (413)."""
+    def wsgi(environ: Dict[str, Any], start_response: Any) -> Any:
+        environ["wsgi.input_terminated"] = True
+        return app(environ, start_response)
+    return wsgi
+
+
 async def _read_body(receive, length):
-    """The request body, at most MAX_BODY_BYTES + 1 bytes; None if the client went away."""
+    """The beat's body, at most MAX_BODY_BYTES + 1 bytes; None if the client went away."""
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         return _OVER_LIMIT
+    return await _whole_body(receive, MAX_BODY_BYTES)
+
+
+async def _whole_body(receive, limit):
+    """The request body to its end, or its first limit + 1 bytes (a chunked flood is cut off
+    there); None if the client went away first."""
     body = b""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
         body += message.get("body", b"")
-        if len(body) > MAX_BODY_BYTES:
-            return body[:MAX_BODY_BYTES + 1]  # a chunked flood is cut off here
+        if len(body) > limit:
+            return body[:limit + 1]
         if not message.get("more_body", False):
             return body
+
+
+def _replay(body, receive):
+    """An ASGI receive that yields `body` as one message, then what `receive` yields."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return replay

@@ -3,14 +3,14 @@ bridge's admin API with --url (HEARTBEAT_URL)."""
 import argparse
 import datetime
 import json
-import logging
 import os
 import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
-from bridge import __version__, admin
+from bridge import __version__, admin, logs
+from bridge.arguments import QuietParser
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
@@ -90,7 +90,7 @@ def _admin(args: argparse.Namespace, settings: Settings) -> "Admin":
 # -- serve -----------------------------------------------------------------------------------
 def serve(args: argparse.Namespace, settings: Settings) -> None:
     """Exec gunicorn with the project's config; every worker reads the same settings."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level)
     if settings.allow_unauthenticated:
         print("WARNING: HEARTBEAT_ALLOW_UNAUTHENTICATED is on: anyone who can reach "
               f"{settings.bind} can send beats for any server id.", file=sys.stderr)
@@ -299,8 +299,7 @@ def _labels(pairs: Optional[List[str]]) -> Dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     # No abbreviations: `--admin-token SECRET` must not pass for --admin-token-file.
-    parser = argparse.ArgumentParser(prog="heartbeat-bridge", description=__doc__,
-                                     allow_abbrev=False)
+    parser = QuietParser(prog="heartbeat-bridge", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"heartbeat-bridge {__version__}")
     parser.add_argument("--database-url", help="overrides HEARTBEAT_DATABASE_URL")
     parser.add_argument("--url", help="manage the bridge at this URL through its admin API "

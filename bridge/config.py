@@ -132,14 +132,16 @@ class Settings:
         return settings
 
     def describe(self) -> Dict[str, object]:
-        """Settings as printable pairs, secrets masked."""
+        """Settings as printable pairs, secrets masked (passwords in URLs too)."""
         secret = {"fleet_tokens", "admin_token", "status_token"}
-        out = {}
+        out: Dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in secret:
                 value = f"<{len(value)} set>" if f.name == "fleet_tokens" else (
                     "<set>" if value else "<unset>")
+            elif f.name in ("database_url", "url"):
+                value = mask_url(value)
             out[f.name] = value
         return out
 
@@ -215,7 +217,8 @@ class _Reader:
             return value
         if value.startswith(("postgresql://", "postgres://")):
             return value
-        raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., got {value!r}")
+        raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., "
+                          f"got {mask_url(value)!r}")
 
     def addresses(self, name: str) -> Tuple[str, ...]:
         """Comma-separated IP addresses or networks (CIDR), or `*` for any peer."""
@@ -260,18 +263,33 @@ class _Reader:
 
 def read_secret_file(path: str, name: str) -> str:
     """The stripped contents of a secret file; ConfigError naming `name` if unreadable or empty."""
+    # A name without a '/' may be a token typed where its file's path belongs: not repeated.
+    shown = repr(path) if "/" in path else "the file named (not shown: no '/' in it)"
     try:
         with open(path, encoding="utf-8") as handle:
             value = handle.read().strip()
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+        raise ConfigError(f"{name}: cannot read {shown}: {exc.strerror}") from None
     if not value:
-        raise ConfigError(f"{name}: {path!r} is empty")
+        raise ConfigError(f"{name}: {shown} is empty")
     return value
 
 
 def check_url(value: str, name: str) -> str:
     """A bridge's base URL (http:// or https://, a host); ConfigError naming `name` otherwise."""
     if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?\Z", value):
-        raise ConfigError(f"{name}: expected http(s)://host[:port][/path], got {value!r}")
+        raise ConfigError(f"{name}: expected http(s)://host[:port][/path], "
+                          f"got {mask_url(value)!r}")
     return value.rstrip("/")
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s\"']*?:)"
+                           r"[^/?#\s\"']*(?=@)")
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&]password=)[^&#\s\"']*")
+
+
+def mask_url(text: str) -> str:
+    """`text` (a URL, or a message quoting one) as it may be printed or logged: every
+    password in a URL (user:PASSWORD@host, or libpq's ?password=...) shown as ***."""
+    text = _URL_PASSWORD.sub(r"\g<head>***", text)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", text)

@@ -58,6 +58,21 @@ class _NoRequestDetails(logging.Filter):
         return True
 
 
+class _BindAddress(logging.Filter):
+    """Each worker binds its own socket (reuse_port), so the arbiter has none to name and
+    logs `Listening at:  (pid)`: name the addresses the workers bind."""
+
+    def filter(self, record):
+        if record.msg == "Listening at: %s (%s)" and record.args and not record.args[0]:
+            record.args = (",".join(f"http://{address}" for address in bind),
+                           *record.args[1:])
+        return True
+
+
+def on_starting(server: Any) -> None:
+    server.log.error_log.addFilter(_BindAddress())
+
+
 def post_fork(server: Any, worker: Any) -> None:
     """The bridge's own log lines go where gunicorn's error log goes, at the same level."""
     worker.log.error_log.addFilter(_NoRequestDetails())

@@ -32,6 +32,7 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 
+from bridge import logs
 from bridge.config import Settings
 from bridge.errors import BridgeError
 from bridge.exposition import render
@@ -260,8 +261,6 @@ def serve(stdin: IO[bytes], stdout: IO[bytes], work: Any) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[%(asctime)s] [%(process)d] [render] %(message)s")
     try:
         os.nice(RENDER_NICE)
     except OSError:
@@ -276,6 +275,7 @@ def main() -> None:
         settings = Settings(**_receive(stdin))  # the worker's, first
     except EOFError:
         return
+    logs.setup(settings.log_level)  # as the worker logs, in its format and at its level
     work = _Work(settings)
     log.debug("ready in %.2f s", time.perf_counter() - started)
     serve(stdin, stdout, work)

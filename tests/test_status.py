@@ -320,6 +320,24 @@ def test_an_unchanged_view_answers_304_and_a_changed_one_200(client, clock):
                       headers={**ADMIN, "If-None-Match": etag}).status_code == 304
 
 
+def test_if_none_match_is_evaluated_as_rfc_9110_says(client, clock):
+    """`*` matches whenever a current representation exists (13.1.2), which /api/status
+    always has: a GET answers 304 (13.2.2). A list matches if any member matches weakly.
+    An answer that would not be a 2xx ignores the precondition (13.2.1)."""
+    seed(client, clock)
+    etag = client.get("/api/status", headers=ADMIN).headers["ETag"]
+    for value in ("*", f'"other", {etag}', etag[2:], f"W/{etag[2:]}, W/\"x\""):
+        answer = client.get("/api/status", headers={**ADMIN, "If-None-Match": value})
+        assert (answer.status_code, answer.headers["ETag"]) == (304, etag), value
+    for value in ('"other"', "W/\"other\", \"x\"", ""):
+        assert client.get("/api/status", headers={**ADMIN, "If-None-Match": value}
+                          ).status_code == 200, value
+    bad = client.get("/api/status?sort=nonsense", headers={**ADMIN, "If-None-Match": "*"})
+    assert bad.status_code == 400
+    unauthorised = client.get("/api/status", headers={"If-None-Match": "*"})
+    assert unauthorised.status_code == 401
+
+
 def test_a_snapshot_serves_every_request_until_it_is_max_age_old(app_factory, clock):
     client = app_factory(status_max_age=5).test_client()
     client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1"})

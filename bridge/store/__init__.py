@@ -288,13 +288,20 @@ class Store(Protocol):
 
     def credentials(self, server_id: str) -> "Credentials":
         """The server's token hashes valid now (current first, then the previous one during
-        a rotation) and whether the current one is confirmed; none for an unknown server."""
+        a rotation or a pending enrolment) and whether the current one is confirmed; none for
+        an unknown server. Read under the server's row lock: inside a batch, a decision
+        taken on it holds until the batch commits."""
 
     def token_hashes(self, server_id: str) -> List[str]:
         """credentials(server_id).hashes."""
 
+    def enrol(self, server_id: str, token_hash: str, keep_pending_for: float) -> bool:
+        """Issue an unconfirmed token unless the current one is confirmed (then False, and
+        nothing changes); a pending token issued before stays valid `keep_pending_for` s."""
+
     def confirm_token(self, server_id: str, token_hash: str) -> None:
-        """Mark the current token confirmed if it is `token_hash` (else do nothing)."""
+        """The first use of an issued token (the current one, or a pending one still valid)
+        makes it the only token; nothing changes once a token is confirmed."""
 
     def host_pause(self, server_id: str, until: float, reason: Optional[str],
                    policy: "BeatPolicy") -> "Server":
@@ -387,7 +394,8 @@ def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from bridge.store.postgres import PostgresStore
         return PostgresStore(url, clock=clock, **options)
-    raise ValueError(f"unsupported database URL: {url!r}")
+    from bridge.config import mask_url
+    raise ValueError(f"unsupported database URL: {mask_url(url)!r}")
 
 
 def rate_limit(tat: Optional[float], now: float, interval: float, burst: int

@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from bridge.config import mask_url
 from bridge.store import Clock, StoreError, StoreUnavailableError
 from bridge.store.batch import Batches
 from bridge.store.sql import SQLStore
@@ -110,7 +111,7 @@ class PostgresStore(Batches, SQLStore):
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
-            raise StoreError(f"invalid PostgreSQL URL: {exc}") from None
+            raise StoreError(f"invalid PostgreSQL URL: {mask_url(str(exc).strip())}") from None
         for key, value in CONNECT_DEFAULTS.items():
             params.setdefault(key, value)
         self.conninfo = make_conninfo("", **params)

@@ -148,9 +148,14 @@ class SQLStore:
                     self._insert_locked(cur, server_id, now, policy.max_servers)
                     row = (None, None, None)
             registered, declared, tat = row
-            if beat.interval and beat.interval > policy.max_agent_interval and not registered:
-                raise IntervalTooLongError(beat.interval, policy.max_agent_interval)
-            interval = registered or beat.interval or declared or policy.default_interval
+            declaring = beat.interval
+            if declaring and declaring > policy.max_agent_interval:
+                if not registered:
+                    raise IntervalTooLongError(declaring, policy.max_agent_interval)
+                # Pinned by an operator: the beat counts, but a declaration over the cap is
+                # not kept (it would take effect the day the operator unpins).
+                declaring = None
+            interval = registered or declaring or declared or policy.default_interval
             tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
             if retry_after is not None:
                 raise RateLimitedError(retry_after)
@@ -162,7 +167,7 @@ class SQLStore:
                 "boot_time = COALESCE(?, boot_time), clock_skew = COALESCE(?, clock_skew), "
                 "seq = COALESCE(?, seq), expected_back = NULL, " + _UNLESS_OPERATOR_RETIRED +
                 "WHERE server_id = ?",
-                (now, tat, beat.interval, beat.hostname, beat.agent_version, beat.boot_time,
+                (now, tat, declaring, beat.hostname, beat.agent_version, beat.boot_time,
                  skew, beat.seq, server_id))
         return now, interval
 
@@ -219,18 +224,20 @@ class SQLStore:
         return _server(row, {})
 
     def credentials(self, server_id: str) -> Credentials:
-        """The per-server token hashes valid now (current, and the previous during a rotation)
-        and whether the current one is confirmed; no hashes for an unknown server."""
-        with self._transaction(write=False) as cur:
+        """The per-server token hashes valid now (current, and the previous during a rotation
+        or while an enrolment is pending) and whether the current one is confirmed; no hashes
+        for an unknown server. Read under the row's lock: inside a batch, what is decided on
+        it holds until the batch commits (two replicas cannot both enrol one id)."""
+        with self._transaction(write=True) as cur:
             row = _one(cur, "SELECT token_hash, prev_token_hash, prev_token_until, "
-                            "token_confirmed FROM servers WHERE server_id = ?", (server_id,))
+                            "token_confirmed FROM servers WHERE server_id = ?"
+                       + self.for_update, (server_id,))
         if row is None:
             return Credentials([], False)
         current, previous, until, confirmed = row
         valid = [current] if current else []
         if previous and until and until > self.clock():
             valid.append(previous)
-        # the current token comes first: confirming is for it, never for the previous one
         return Credentials(valid, bool(current and confirmed))
 
     def token_hashes(self, server_id: str) -> List[str]:
@@ -347,12 +354,29 @@ class SQLStore:
         return self._update(server_id, "prev_token_hash = NULL, prev_token_until = NULL, "
                                        "token_hash = ?, token_confirmed = ?", [token_hash, flag])
 
-    def confirm_token(self, server_id: str, token_hash: str) -> None:
-        """Mark the server's current token confirmed if it is `token_hash`; from then on the
-        fleet token no longer speaks for the server."""
+    def enrol(self, server_id: str, token_hash: str, keep_pending_for: float) -> bool:
+        """Issue an unconfirmed token to a server that has no confirmed one; a token issued
+        before and not yet used stays valid `keep_pending_for` s (its host may be about to
+        use it). False, changing nothing, when the server's current token is confirmed."""
         with self._transaction(write=True) as cur:
-            cur.execute("UPDATE servers SET token_confirmed = 1 WHERE server_id = ? AND "
-                        "token_hash = ?", (server_id, token_hash))
+            cur.execute("UPDATE servers SET prev_token_hash = token_hash, "
+                        "prev_token_until = CASE WHEN token_hash IS NULL THEN NULL ELSE ? END, "
+                        "token_hash = ?, token_confirmed = 0 "
+                        "WHERE server_id = ? AND token_confirmed = 0",
+                        (self.clock() + keep_pending_for, token_hash, server_id))
+            return cur.rowcount == 1
+
+    def confirm_token(self, server_id: str, token_hash: str) -> None:
+        """The first use of an issued token: if `token_hash` is the current token, or a
+        pending one still valid, it becomes the server's confirmed token and every other is
+        dropped; from then on the fleet token no longer speaks for the server. Nothing
+        changes once a token is confirmed."""
+        with self._transaction(write=True) as cur:
+            cur.execute("UPDATE servers SET token_hash = ?, token_confirmed = 1, "
+                        "prev_token_hash = NULL, prev_token_until = NULL "
+                        "WHERE server_id = ? AND token_confirmed = 0 AND (token_hash = ? OR "
+                        "(prev_token_hash = ? AND prev_token_until > ?))",
+                        (token_hash, server_id, token_hash, token_hash, self.clock()))
 
     def remove(self, server_id: str) -> None:
         with self._transaction(write=True) as cur:

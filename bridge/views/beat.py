@@ -31,6 +31,10 @@ Answer = Tuple[int, Dict[str, Any], List[Tuple[str, str]]]
 
 PREFIX = "/api/heartbeat"
 
+# On every answer: an enrolment answer carries a token, and no answer is for a cache or
+# for content sniffing.
+PRIVATE = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+
 # What a host is told when the store is down: its beat was not kept (the errors' own
 # words everywhere else: bridge.errors).
 NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
@@ -69,21 +73,23 @@ class BeatEndpoint:
         methods = _ACTIONS[action]
         if method not in methods:
             allowed = ", ".join(sorted(methods))
-            return 405, error_body("method_not_allowed", f"use {allowed}"), [("Allow", allowed)]
+            return 405, error_body("method_not_allowed", f"use {allowed}"), [("Allow", allowed),
+                                                                             *PRIVATE]
         hb = self.state
         try:
             check_server_id(server_id)
             if len(body) > MAX_BODY_BYTES:
                 raise _too_large()
             caller = hb.auth.check_beat(hb.store, server_id, authorization)
-            answer = methods[method](hb, server_id, body, content_type)
+            answer = methods[method](hb, caller, server_id, body, content_type)
             if caller.confirm and caller.token_hash is not None:
                 hb.store.confirm_token(server_id, caller.token_hash)
             elif caller.kind == "fleet" and hb.auth.enrolment:
                 # Until the server uses a token of its own, every fleet-token request is
                 # answered with a new one: a lost answer never locks the host out.
-                answer["token"] = admin.enrol(hb.store, server_id)
-            return 200, answer, []
+                answer["token"] = admin.enrol(hb.store, server_id,
+                                              hb.policy.max_agent_interval)
+            return 200, answer, list(PRIVATE)
         except StoreUnavailableError as exc:
             log.error("beat for %r not recorded: %s", server_id, exc)
             return self.unavailable(server_id)
@@ -100,8 +106,13 @@ class BeatEndpoint:
 
     def _reject(self, server_id, reason, status, message, headers=()):
         self.state.rejections.add(reason)
-        log.debug("rejected beat for %r: %s", server_id[:128], reason)
-        headers = list(headers)
+        if reason == "enrolled":  # names the id HeartbeatEnrolmentConflict is about
+            log.warning("the fleet token was refused for %r, which uses its own token: that "
+                        "host lost its token file, or another host enrolled the id",
+                        server_id[:128])
+        else:
+            log.debug("rejected beat for %r: %s", server_id[:128], reason)
+        headers = [*headers, *PRIVATE]
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
         if status == 413:
@@ -109,15 +120,21 @@ class BeatEndpoint:
         return status, error_body(reason, message), headers
 
 
-def _beat(hb, server_id, body, content_type):
+def _beat(hb, caller, server_id, body, content_type):
     beat = parse_beat(body, content_type)
     received_at, interval = hb.store.record_beat(server_id, beat, hb.policy)
     return {"server_id": server_id, "received_at": received_at, "interval": interval}
 
 
-def _goodbye(hb, server_id, body, content_type):
-    """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed."""
+def _goodbye(hb, caller, server_id, body, content_type):
+    """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed.
+    Retiring has no end (the server is forgotten after retention), so only the server's own
+    token may: the fleet token could otherwise retire every id without a confirmed token,
+    servers an operator registered without one included."""
     data = parse_object(body, content_type)
+    if data.get("retire") is True and caller.kind != "server":
+        raise InvalidInputError("own_token_required", "retiring a server needs its own token; "
+                                "the fleet token only enrols (an operator can retire it)", 403)
     expected_back = admin.goodbye(hb.store, server_id, hb.policy, hb.max_host_silence,
                                   data.get("back_within"), data.get("retire", False))
     server = hb.store.get(server_id)
@@ -125,7 +142,7 @@ def _goodbye(hb, server_id, body, content_type):
             "retired": server.retired_at is not None}
 
 
-def _maintenance_start(hb, server_id, body, content_type):
+def _maintenance_start(hb, caller, server_id, body, content_type):
     data = parse_object(body, content_type)
     server = admin.host_maintenance(hb.store, server_id, hb.policy, hb.max_host_silence,
                                     duration=data.get("for"), until=data.get("until"),
@@ -134,7 +151,7 @@ def _maintenance_start(hb, server_id, body, content_type):
             "reason": server.pause_reason}
 
 
-def _maintenance_end(hb, server_id, body, content_type):
+def _maintenance_end(hb, caller, server_id, body, content_type):
     admin.host_resume(hb.store, server_id, hb.policy)
     return {"server_id": server_id, "paused_until": None, "reason": None}
 
