@@ -56,7 +56,8 @@ def _with(settings: Settings, **changes: Any) -> Settings:
 
 def _store(settings: Settings) -> Store:
     from bridge.store import open_store
-    return open_store(settings.database_url, pool_size=1)
+    return open_store(settings.database_url, pool_size=1,
+                      max_host_silence=settings.max_host_silence_hours * 3600.0)
 
 
 def _remote(args: argparse.Namespace, settings: Settings) -> Settings:

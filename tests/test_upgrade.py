@@ -1,0 +1,199 @@
+"""Upgrading stores that release 0.1.0 wrote (tests/fixtures/v010, made by 0.1.0's own code:
+tests/fixtures/make_v010_fixtures.py): every decision kept, on SQLite and PostgreSQL."""
+import logging
+import shutil
+import sqlite3
+
+import pytest
+
+from bridge.app import create_app
+from bridge.auth import hash_token
+from bridge.store import SCHEMA_VERSION, open_store
+from bridge.store.sql import ALL_COLUMNS
+from tests.fixtures.make_v010_fixtures import HERE, OWN_TOKEN, SCHEMA, SERVERS, T0
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, FakeClock, make_settings, postgres_schema_url
+
+FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+OWN = {"Authorization": f"Bearer {OWN_TOKEN}"}
+V010_COLUMNS = ALL_COLUMNS[:21]  # what schema 2 held, in the same order
+
+
+def load_v010_dump(schema):
+    """Load 0.1.0's pg_dump into `schema` (a fresh one of the test's), on a connection of
+    its own (the dump empties search_path); psql's own commands (\\restrict) left out."""
+    import psycopg
+
+    from tests.tools import POSTGRES_BASE
+    lines = (HERE / "postgres.sql").read_text().splitlines()
+    sql = "\n".join(line for line in lines if not line.startswith("\\")).replace(
+        f"CREATE SCHEMA {SCHEMA};", "")
+    with psycopg.connect(POSTGRES_BASE, autocommit=True) as conn:
+        conn.execute(sql.replace(SCHEMA, schema))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_store(request, tmp_path):
+    """The URL of a store as 0.1.0 left it (a copy: the fixture itself is never changed)."""
+    if request.param == "sqlite":
+        shutil.copy(HERE / "heartbeat.db", tmp_path / "heartbeat.db")
+        yield f"sqlite:///{tmp_path / 'heartbeat.db'}"
+        return
+    conn, schema, url = postgres_schema_url()
+    try:
+        load_v010_dump(schema)
+        yield url
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+def raw(url, sql):
+    """Rows of one query, read without any store code."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(f"file:{url[len('sqlite:///'):]}?mode=ro", uri=True) as conn:
+            return conn.execute(sql).fetchall()
+    import psycopg
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock(T0 + 60)  # a minute after 0.1.0 left the store
+
+
+@pytest.fixture
+def upgraded(old_store, clock):
+    store = open_store(old_store, clock=clock)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client(upgraded, old_store, clock):
+    app = create_app(make_settings(old_store), store=upgraded, clock=clock,
+                     rejection_flush_every=0)
+    return app.test_client()
+
+
+def call(client, server_id, action="", headers=FLEET, method="post", json=None):
+    return getattr(client, method)(f"/api/heartbeat/{server_id}/{action}", json=json,
+                                   headers=headers)
+
+
+def test_the_fixtures_are_stores_of_schema_2(old_store):
+    assert raw(old_store, "SELECT value FROM meta") == [("2",)]
+    assert len(raw(old_store, "SELECT server_id FROM servers")) == len(SERVERS) + 1
+
+
+def test_every_server_and_counter_is_kept_as_it_was(old_store, clock):
+    before = sorted(raw(old_store, f"SELECT {', '.join(V010_COLUMNS)} FROM servers"))
+    store = open_store(old_store, clock=clock)
+    try:
+        rows, rejected = store.export_rows()
+        assert store.schema_version() == SCHEMA_VERSION
+    finally:
+        store.close()
+    assert sorted(tuple(row[:len(V010_COLUMNS)]) for row in rows) == before
+    assert rejected == {"invalid_token": 4, "rate_limited": 2}
+
+
+def test_who_paused_and_who_retired_is_read_the_way_that_keeps_both_powers(upgraded):
+    by = {s.server_id: (s.paused_by if s.paused else None,
+                        s.retired_by if s.retired_at else None) for s in upgraded.list()}
+    assert by == {
+        "web-window": ("host", None),  # ends within the host bound: may be the host's window
+        "app-paused": ("operator", None),  # no end: no host could have asked for it
+        "app-long": ("operator", None),  # 7 days: past what a host may ask
+        "old-retired": (None, "operator"),
+        "self-retired": (None, "operator"),  # schema 2 cannot tell: the safe reading
+        "web-fleet": (None, None), "web-bye": (None, None), "db-own": (None, None)}
+
+
+def test_the_host_can_still_end_its_own_window_early(client, upgraded, clock):
+    window = upgraded.get("web-window")
+    assert (window.paused_until, window.pause_reason) == (T0 - 300 + 3600, "kernel update")
+    response = call(client, "web-window", "maintenance", method="delete")
+    assert response.status_code == 200, response.get_json()
+    assert not upgraded.get("web-window").is_paused(clock.now)
+
+
+@pytest.mark.parametrize("server_id, until, reason", [
+    ("app-paused", None, "disk swap"), ("app-long", T0 - 300 + 7 * 86400, "decommission review")])
+def test_no_host_can_end_or_replace_an_operators_pause(client, upgraded, server_id, until,
+                                                        reason):
+    for method, body in (("delete", None), ("post", {"for": "10m"})):
+        response = call(client, server_id, "maintenance", method=method, json=body)
+        assert (response.status_code, response.get_json()["error"]) == (409, "operator_pause")
+    server = upgraded.get(server_id)
+    assert (server.paused, server.paused_until, server.pause_reason) == (True, until, reason)
+    assert client.post(f"/api/servers/{server_id}/resume", headers=ADMIN).status_code == 200
+
+
+@pytest.mark.parametrize("server_id", ["old-retired", "self-retired"])
+def test_an_old_retirement_stays_whatever_beats_arrive_until_an_operator_undoes_it(
+        client, upgraded, server_id):
+    assert call(client, server_id).status_code == 200
+    assert call(client, server_id, "goodbye").status_code == 200
+    server = upgraded.get(server_id)
+    assert (server.retired_at, server.retired_by) == (T0 - 300, "operator")
+    assert client.post(f"/api/servers/{server_id}/unretire", headers=ADMIN).status_code == 200
+    assert upgraded.get(server_id).retired_at is None
+
+
+def test_an_operators_token_stays_valid_and_becomes_exclusive(client, upgraded):
+    assert upgraded.credentials("db-own") == ([hash_token(OWN_TOKEN)], True)
+    assert call(client, "db-own", headers=OWN).status_code == 200
+    response = call(client, "db-own")  # the fleet token no longer speaks for it
+    assert (response.status_code, response.get_json()["error"]) == (401, "enrolled")
+    server = upgraded.get("db-own")
+    assert (server.beats_total, server.labels, server.registered_interval) == (
+        2, {"env": "prod", "team": "db"}, 60)
+
+
+def test_a_fleet_token_server_keeps_beating_and_enrols(client, upgraded):
+    assert upgraded.get("web-fleet").enrolment == "open"
+    answer = call(client, "web-fleet").get_json()
+    assert answer["server_id"] == "web-fleet" and answer["token"]
+    server = upgraded.get("web-fleet")
+    assert (server.beats_total, server.hostname, server.seq) == (3, "web-fleet.example", 2)
+
+
+def test_a_goodbye_is_still_awaited(upgraded, clock):
+    server = upgraded.get("web-bye")
+    assert server.expected_back == T0 - 300 + 900 and server.is_away(clock.now)
+    assert server.retired_at is None
+
+
+def test_the_upgrade_is_logged_with_what_it_read(old_store, clock, caplog):
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        open_store(old_store, clock=clock).close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"migrating the store from schema 2 to {SCHEMA_VERSION}" in lines
+    assert (f"migrated the store from schema 2 to {SCHEMA_VERSION}: 8 servers; pauses read as "
+            "a host's window 1, as an operator's 2; retirements kept as an operator's 2; "
+            "servers with their own token (now enrolled) 1") in lines
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        caplog.clear()
+        open_store(old_store, clock=clock).close()  # once only
+    assert not [r for r in caplog.records if "migrat" in r.getMessage()]
+
+
+def test_a_sqlite_store_is_backed_up_next_to_it_before_the_upgrade(tmp_path, clock, caplog):
+    shutil.copy(HERE / "heartbeat.db", tmp_path / "heartbeat.db")
+    before = raw(f"sqlite:///{tmp_path / 'heartbeat.db'}", "SELECT * FROM servers")
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        open_store(f"sqlite:///{tmp_path / 'heartbeat.db'}", clock=clock).close()
+    (backup,) = tmp_path.glob("heartbeat.db.schema2-*.bak")
+    assert f"backed up the store to {backup} before migrating it" in caplog.text
+    assert caplog.text.index("backed up") < caplog.text.index("migrating the store")
+    assert raw(f"sqlite:///{backup}", "SELECT value FROM meta") == [("2",)]
+    assert raw(f"sqlite:///{backup}", "SELECT * FROM servers") == before
+
+
+def test_a_store_created_new_is_neither_migrated_in_the_log_nor_backed_up(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        open_store(f"sqlite:///{tmp_path / 'new.db'}").close()
+    assert "migrat" not in caplog.text
+    assert not list(tmp_path.glob("*.bak"))
