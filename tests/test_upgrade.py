@@ -3,6 +3,8 @@ tests/fixtures/make_v010_fixtures.py): every decision kept, on SQLite and Postgr
 import logging
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,16 @@ from bridge.auth import hash_token
 from bridge.store import SCHEMA_VERSION, open_store
 from bridge.store.sql import ALL_COLUMNS
 from tests.fixtures.make_v010_fixtures import HERE, OWN_TOKEN, SCHEMA, SERVERS, T0
-from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, FakeClock, make_settings, postgres_schema_url
+from tests.tools import (
+    ADMIN_TOKEN,
+    FLEET_TOKEN,
+    ROOT,
+    FakeClock,
+    bridge_env,
+    free_port,
+    make_settings,
+    postgres_schema_url,
+)
 
 FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -48,14 +59,21 @@ def old_store(request, tmp_path):
         conn.close()
 
 
-def raw(url, sql):
-    """Rows of one query, read without any store code."""
+def raw(url, sql, write=False):
+    """Rows of one query, run without any store code (read-only unless `write`; on SQLite
+    as an immutable file, which leaves no -wal or -shm behind: call it on closed stores)."""
     if url.startswith("sqlite:///"):
-        with sqlite3.connect(f"file:{url[len('sqlite:///'):]}?mode=ro", uri=True) as conn:
-            return conn.execute(sql).fetchall()
+        path = url[len("sqlite:///"):]
+        conn = sqlite3.connect(path if write else f"file:{path}?mode=ro&immutable=1",
+                               uri=not write)
+        with conn:
+            rows = conn.execute(sql).fetchall()
+        conn.close()
+        return rows
     import psycopg
     with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description else []
 
 
 @pytest.fixture
@@ -197,3 +215,44 @@ def test_a_store_created_new_is_neither_migrated_in_the_log_nor_backed_up(tmp_pa
         open_store(f"sqlite:///{tmp_path / 'new.db'}").close()
     assert "migrat" not in caplog.text
     assert not list(tmp_path.glob("*.bak"))
+
+
+def check_config(url):
+    return subprocess.run([sys.executable, "-m", "bridge", "check-config"], cwd=ROOT,
+                          env=bridge_env(url, free_port()), capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_check_config_reports_the_schema_and_the_plan_and_changes_nothing(old_store, tmp_path):
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rows = raw(old_store, "SELECT * FROM servers ORDER BY server_id")
+    result = check_config(old_store)
+    assert result.returncode == 0, result.stderr
+    assert f"store schema: 2 (this bridge: {SCHEMA_VERSION})\n" in result.stdout
+    plan = result.stdout.split("serve would: ")[1]
+    assert f"migrate the store from schema 2 to {SCHEMA_VERSION}" in plan
+    if old_store.startswith("sqlite:///"):
+        assert plan.startswith(f"back the store up to {tmp_path / 'heartbeat.db'}.schema2-")
+    else:
+        assert "back it up with pg_dump first" in plan
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # not one byte more
+    assert raw(old_store, "SELECT value FROM meta") == [("2",)]
+    assert raw(old_store, "SELECT * FROM servers ORDER BY server_id") == rows
+
+
+def test_check_config_on_a_new_database_creates_nothing(tmp_path):
+    result = check_config(f"sqlite:///{tmp_path / 'data' / 'heartbeat.db'}")
+    assert result.returncode == 0, result.stderr
+    assert "store schema: none yet" in result.stdout
+    assert f"serve would: create the store at schema {SCHEMA_VERSION}" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_config_after_the_upgrade_and_on_a_newer_schema(old_store, clock):
+    open_store(old_store, clock=clock).close()
+    result = check_config(old_store)
+    assert "serve would: use the store as it is" in result.stdout
+    raw(old_store, "UPDATE meta SET value = '99'", write=True)  # as a later release leaves it
+    result = check_config(old_store)
+    assert result.returncode == 1
+    assert "serve would: refuse to start: the store's schema 99 is newer" in result.stdout

@@ -8,6 +8,7 @@ import datetime
 import logging
 import os
 import sqlite3
+import urllib.parse
 from typing import Any, Optional
 
 from bridge.store import SCHEMA_VERSION, StoreUnavailableError, require_postgres_driver
@@ -57,12 +58,12 @@ def plan(version: Optional[int], url: str) -> str:
                 f"({SCHEMA_VERSION}); upgrade the bridge")
     if version == SCHEMA_VERSION:
         return "use the store as it is"
+    migrate = f"migrate the store from schema {version} to {SCHEMA_VERSION}"
     if url.startswith("sqlite:///"):
         backup = backup_path(os.path.abspath(url[len("sqlite:///"):]), version)
-        first = f"back the store up to {backup}, then "
-    else:
-        first = "(back it up first with pg_dump: there is no way back) "
-    return f"{first}migrate the store from schema {version} to {SCHEMA_VERSION}"
+        return f"back the store up to {backup}, then {migrate}"
+    return (f"{migrate}; back it up with pg_dump first, there is no way back without it "
+            "(docs/upgrading.md)")
 
 
 def backup_path(path: str, version: int, now: Optional[datetime.datetime] = None) -> str:
@@ -107,8 +108,11 @@ def log_result(cur: Any, version: int) -> None:
 def _sqlite_version(path: str) -> Optional[int]:
     if not os.path.isfile(path):
         return None
+    # With no -wal file no process has the store open (the last to close removes it): read it
+    # as immutable then, which leaves no -wal or -shm file behind as a read-only open would.
+    flags = "mode=ro" if os.path.exists(f"{path}-wal") else "mode=ro&immutable=1"
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?{flags}", uri=True)
     except sqlite3.Error as exc:
         raise StoreUnavailableError(f"sqlite {path}: {exc}") from exc
     try:

@@ -1,0 +1,137 @@
+"""A rolling upgrade on PostgreSQL: a replica of the previous release (0.1.0, run from this
+repository's history) never writes a schema this release migrated; it is refused instead."""
+import sys
+
+import pytest
+import requests
+
+from bridge.store import SCHEMA_VERSION, BeatPolicy, open_store
+from bridge.validate import parse_beat
+from tests import previous_release
+from tests.fixtures.make_v010_fixtures import T0
+from tests.test_upgrade import load_v010_dump
+from tests.tools import (
+    ADMIN_TOKEN,
+    FLEET_TOKEN,
+    GiveUp,
+    Process,
+    free_port,
+    postgres_schema_url,
+    wait_until,
+)
+
+FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def v010_store():
+    """(URL, admin connection, schema) of a store as 0.1.0 left it."""
+    conn, schema, url = postgres_schema_url()
+    try:
+        load_v010_dump(schema)
+        yield url, conn, schema
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+@pytest.fixture
+def old_bridge(tmp_path):
+    """Start `heartbeat-bridge serve` of release 0.1.0 on a database; stopped at the end."""
+    code = previous_release.checkout(tmp_path / "v010")
+    started = []
+
+    def start(url, wait=True):
+        port = free_port()
+        env = previous_release.env(code, HEARTBEAT_DATABASE_URL=url,
+                                   HEARTBEAT_BIND=f"127.0.0.1:{port}", HEARTBEAT_WORKERS="1",
+                                   HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN)
+        process = Process([sys.executable, "-m", "bridge", "serve"], env=env, cwd=code,
+                          name="bridge-0.1.0").start()
+        process.url = f"http://127.0.0.1:{port}"
+        started.append(process)
+        if wait:
+            wait_until(lambda: _ready(process), timeout=30, what="the 0.1.0 bridge")
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def _ready(process):
+    if not process.running():
+        raise GiveUp(f"the 0.1.0 bridge exited:\n{process.log()}")
+    try:
+        return requests.get(process.url + "/readyz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def beats_total(conn, schema, server_id):
+    return conn.execute(f"SELECT beats_total FROM {schema}.servers WHERE server_id = %s",
+                        (server_id,)).fetchone()[0]
+
+
+def test_a_running_previous_release_replica_cannot_write_once_the_schema_is_migrated(
+        v010_store, old_bridge):
+    url, conn, schema = v010_store
+    old = old_bridge(url)
+    assert requests.get(old.url + "/api", timeout=5).json()["version"] == "0.1.0"
+    before = beats_total(conn, schema, "web-fleet")
+    beat = requests.post(f"{old.url}/api/heartbeat/web-fleet/", headers=FLEET, timeout=5)
+    assert beat.status_code == 200  # schema 2: the old replica works as it always did
+    assert beats_total(conn, schema, "web-fleet") == before + 1
+
+    new = open_store(url, clock=lambda: T0 + 60)  # a new replica starts, and migrates
+    try:
+        assert new.schema_version() == SCHEMA_VERSION
+        # Through the old replica: a beat, an operator's pause without its author, a host
+        # ending an operator's pause, a fleet-token beat for a server with its own token.
+        attempts = [
+            ("post", "/api/heartbeat/web-fleet/", FLEET, None),
+            ("post", "/api/servers/web-bye/pause", ADMIN, {"for": "1h", "reason": "x"}),
+            ("delete", "/api/heartbeat/app-paused/maintenance", FLEET, None),
+            ("post", "/api/heartbeat/db-own/", FLEET, None),
+        ]
+        for method, path, headers, body in attempts:
+            response = requests.request(method, old.url + path, headers=headers, json=body,
+                                        timeout=5)
+            assert response.status_code in (401, 503), (path, response.text)
+            if response.status_code == 503:
+                assert response.json()["error"] == "store_unavailable"
+        assert "may not write it: upgrade it" in old.log()
+        assert beats_total(conn, schema, "web-fleet") == before + 1
+        assert new.get("web-bye").paused is False
+        assert new.get("app-paused").paused_by == "operator"
+        # Its scrapes also write (counters, housekeeping): refused alike, never half-true.
+        assert requests.get(old.url + "/metrics", timeout=10).status_code == 503
+        # Read-only answers still come; the new replica writes as usual.
+        listed = requests.get(old.url + "/api/servers", headers=ADMIN, timeout=5)
+        assert len(listed.json()["servers"]) == 8
+        new.record_beat("web-fleet", parse_beat(b"", None), BeatPolicy(rate_limit_burst=0))
+        assert beats_total(conn, schema, "web-fleet") == before + 2
+    finally:
+        new.close()
+
+
+def test_the_previous_release_refuses_to_start_on_the_migrated_schema(v010_store, old_bridge):
+    url, conn, schema = v010_store
+    open_store(url, clock=lambda: T0 + 60).close()
+    old = old_bridge(url, wait=False)
+    wait_until(lambda: not old.running(), timeout=30, what="the 0.1.0 bridge to exit")
+    assert old.proc.returncode != 0
+    assert (f"the database schema is version {SCHEMA_VERSION}, newer than this bridge "
+            "understands (2)") in old.log()
+
+
+def test_writes_of_sessions_that_do_not_say_their_schema_are_refused(v010_store):
+    url, conn, schema = v010_store
+    open_store(url, clock=lambda: T0 + 60).close()
+    import psycopg
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="upgrade it"):
+        conn.execute(f"UPDATE {schema}.servers SET paused = 0")
+    with conn.transaction():  # what an operator's own SQL session says to be let through
+        conn.execute(f"SET LOCAL heartbeat_bridge.writer_schema = '{SCHEMA_VERSION}'")
+        conn.execute(f"UPDATE {schema}.servers SET labels = '{{}}' WHERE server_id = 'web-bye'")
