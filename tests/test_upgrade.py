@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from bridge.app import create_app
 from bridge.auth import hash_token
@@ -256,3 +257,19 @@ def test_check_config_after_the_upgrade_and_on_a_newer_schema(old_store, clock):
     result = check_config(old_store)
     assert result.returncode == 1
     assert "serve would: refuse to start: the store's schema 99 is newer" in result.stdout
+
+
+def test_serve_on_a_0_1_store_backs_it_up_migrates_it_and_says_so(live_bridge, tmp_path):
+    shutil.copy(HERE / "heartbeat.db", tmp_path / "old.db")
+    bridge = live_bridge(f"sqlite:///{tmp_path / 'old.db'}")
+    (backup,) = tmp_path.glob("old.db.schema2-*.bak")
+    log = bridge.log()
+    assert f"WARNING bridge: backed up the store to {backup} before migrating it\n" in log
+    assert f"WARNING bridge: migrating the store from schema 2 to {SCHEMA_VERSION}\n" in log
+    assert "migrated the store from schema 2 to 3: 8 servers;" in log
+    assert log.count("migrating the store") == 1  # by serve, before any worker starts
+    # The window's host ends it early through the live bridge; the operator's pause holds.
+    url = f"{bridge.url}/api/heartbeat/web-window/maintenance"
+    assert requests.delete(url, headers=FLEET, timeout=5).status_code == 200
+    url = f"{bridge.url}/api/heartbeat/app-paused/maintenance"
+    assert requests.delete(url, headers=FLEET, timeout=5).status_code == 409
