@@ -130,7 +130,7 @@ def check_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print the settings, the store's schema and what `serve` would do with it; exit 1 if
     serve would refuse the store. Changes nothing: no file, table or row is created."""
     from bridge.store import SCHEMA_VERSION
-    from bridge.store.upgrade import plan, stored_version
+    from bridge.store.upgrade import connected_releases, plan, stored_version
     for name, value in settings.describe().items():
         print(f"{name} = {value}")
     url = settings.database_url
@@ -142,6 +142,10 @@ def check_config(args: argparse.Namespace, settings: Settings) -> int:
     print(f"store schema: {'none yet' if version is None else version} "
           f"(this bridge: {SCHEMA_VERSION})")
     print(f"serve would: {plan(version, url)}")
+    for name, count in connected_releases(url):
+        older = " (a release before 0.2: its writes are refused once the schema is 3)" if (
+            name == "heartbeat-bridge") else ""
+        print(f"connected: {name}, {count} connection{'s' if count > 1 else ''}{older}")
     return 1 if version is not None and version > SCHEMA_VERSION else 0
 
 

@@ -1,5 +1,6 @@
 """A rolling upgrade on PostgreSQL: a replica of the previous release (0.1.0, run from this
 repository's history) never writes a schema this release migrated; it is refused instead."""
+import subprocess
 import sys
 
 import pytest
@@ -13,8 +14,10 @@ from tests.test_upgrade import load_v010_dump
 from tests.tools import (
     ADMIN_TOKEN,
     FLEET_TOKEN,
+    ROOT,
     GiveUp,
     Process,
+    bridge_env,
     free_port,
     postgres_schema_url,
     wait_until,
@@ -83,6 +86,12 @@ def test_a_running_previous_release_replica_cannot_write_once_the_schema_is_migr
     beat = requests.post(f"{old.url}/api/heartbeat/web-fleet/", headers=FLEET, timeout=5)
     assert beat.status_code == 200  # schema 2: the old replica works as it always did
     assert beats_total(conn, schema, "web-fleet") == before + 1
+
+    check = subprocess.run([sys.executable, "-m", "bridge", "check-config"], cwd=ROOT,
+                           env=bridge_env(url, free_port()), capture_output=True, text=True,
+                           timeout=30)
+    assert "connected: heartbeat-bridge, " in check.stdout  # the old replica, seen before
+    assert "(a release before 0.2: its writes are refused once the schema is 3)" in check.stdout
 
     new = open_store(url, clock=lambda: T0 + 60)  # a new replica starts, and migrates
     try:

@@ -254,7 +254,9 @@ class Store(Protocol):
 
     def create_schema(self) -> None:
         """Create or upgrade the tables; safe when several workers or replicas start at
-        once. Raises StoreError if the database's schema is newer than this bridge's."""
+        once. An upgrade runs in one transaction and is logged (bridge.store.upgrade); a
+        SQLite file is copied next to itself first. Raises StoreError if the database's
+        schema is newer than this bridge's."""
 
     def schema_version(self) -> int:
         """The schema version the database is at."""

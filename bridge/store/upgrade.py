@@ -9,7 +9,7 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 from bridge.store import SCHEMA_VERSION, StoreUnavailableError, require_postgres_driver
 
@@ -47,6 +47,22 @@ def stored_version(url: str) -> Optional[int]:
     if url.startswith("sqlite:///"):
         return _sqlite_version(url[len("sqlite:///"):])
     return _postgres_version(url)
+
+
+def connected_releases(url: str) -> List[Tuple[str, int]]:
+    """(application_name, connections) of the bridges connected to this PostgreSQL database
+    now, in any schema, this session left out; [] for SQLite. 0.1 connected as
+    `heartbeat-bridge`, later releases as `heartbeat-bridge/VERSION`."""
+    if url.startswith("sqlite:///"):
+        return []
+    require_postgres_driver()
+    from bridge.store.postgres import read_only_rows
+    rows = read_only_rows(url, "SELECT application_name, COUNT(*) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                               "AND (application_name = 'heartbeat-bridge' OR "
+                               "application_name LIKE 'heartbeat-bridge/%') "
+                               "GROUP BY application_name ORDER BY application_name")
+    return [(name, int(count)) for name, count in rows]
 
 
 def plan(version: Optional[int], url: str) -> str:
