@@ -1,13 +1,17 @@
-"""The previous release's code (0.1.0), taken from this repository's history, to run as is."""
+"""The previous release (0.1.0): its code, taken from this repository's history to run as
+is, and the stores it wrote (tests/fixtures/v010), loaded for a test."""
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator
 
 import pytest
 
-from tests.tools import IN_CI, ROOT
+from tests.fixtures.make_v010_fixtures import HERE, SCHEMA
+from tests.tools import IN_CI, POSTGRES_BASE, ROOT, postgres_schema_url
 
 # The commit released as 0.1.0: the last release before the schema-3 migration.
 PREVIOUS_RELEASE = "aa2681d776443333d7c001af209cf1a961740abd"
@@ -43,3 +47,31 @@ def run(code: Path, script: str, *args: str, **extra: str) -> subprocess.Complet
                             cwd=str(code), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result
+
+
+@contextmanager
+def v010_store(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a store as 0.1.0 left it, on `backend` (sqlite or postgresql): a copy of
+    the fixture, which itself is never changed. A PostgreSQL schema is dropped afterwards."""
+    if backend == "sqlite":
+        shutil.copy(HERE / "heartbeat.db", tmp_path / "heartbeat.db")
+        yield f"sqlite:///{tmp_path / 'heartbeat.db'}"
+        return
+    conn, schema, url = postgres_schema_url()
+    try:
+        _load_dump(schema)
+        yield url
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+def _load_dump(schema: str) -> None:
+    """Load 0.1.0's pg_dump into `schema`, on a connection of its own (the dump empties
+    search_path); psql's own commands (\\restrict) left out."""
+    import psycopg
+    lines = (HERE / "postgres.sql").read_text().splitlines()
+    sql = "\n".join(line for line in lines if not line.startswith("\\")).replace(
+        f"CREATE SCHEMA {SCHEMA};", "")
+    with psycopg.connect(POSTGRES_BASE, autocommit=True) as conn:
+        conn.execute(sql.replace(SCHEMA, schema))

@@ -5,12 +5,18 @@ States depend on time, so servers declare intervals of 1-2 s and the tests wait 
 """
 import json
 import math
-import sqlite3
 
 import pytest
 import requests
 
-from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, require_binary, wait_until
+from tests.tools import (
+    ADMIN_TOKEN,
+    FLEET_TOKEN,
+    ROOT,
+    require_binary,
+    wait_until,
+    write_rows,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -341,11 +347,11 @@ def test_odd_stored_values_blank_nothing(live_bridge, open_page, tmp_path):
            "odd-away": dict(expected_back=math.inf, boot_time=-math.inf)}
     for server_id in odd:
         admin(bridge, "POST", "/api/servers", server_id=server_id)
-    with sqlite3.connect(tmp_path / "bridge.db") as conn:
-        for server_id, columns in odd.items():
-            sets = ", ".join(f"{name} = ?" for name in columns)
-            conn.execute(f"UPDATE servers SET {sets} WHERE server_id = ?",
-                         (*columns.values(), server_id))
+    for server_id, columns in odd.items():
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        write_rows(f"sqlite:///{tmp_path / 'bridge.db'}",
+                   f"UPDATE servers SET {sets} WHERE server_id = ?",
+                   (*columns.values(), server_id))
     wait_until(lambda: len(api_states(bridge)) == 8, timeout=5, what="every server listed")
     text = requests.get(bridge.url + "/api/status", timeout=5).text
     assert "Infinity" not in text and "NaN" not in text

@@ -2,7 +2,6 @@
 tests/fixtures/make_v010_fixtures.py): every decision kept, on SQLite and PostgreSQL."""
 import logging
 import shutil
-import sqlite3
 import subprocess
 import sys
 
@@ -13,7 +12,8 @@ from bridge.app import create_app
 from bridge.auth import hash_token
 from bridge.store import SCHEMA_VERSION, open_store
 from bridge.store.sql import ALL_COLUMNS
-from tests.fixtures.make_v010_fixtures import HERE, OWN_TOKEN, SCHEMA, SERVERS, T0
+from tests.fixtures.make_v010_fixtures import HERE, OWN_TOKEN, SERVERS, T0
+from tests.previous_release import v010_store
 from tests.tools import (
     ADMIN_TOKEN,
     FLEET_TOKEN,
@@ -22,7 +22,8 @@ from tests.tools import (
     bridge_env,
     free_port,
     make_settings,
-    postgres_schema_url,
+    read_rows,
+    write_rows,
 )
 
 FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
@@ -31,50 +32,10 @@ OWN = {"Authorization": f"Bearer {OWN_TOKEN}"}
 V010_COLUMNS = ALL_COLUMNS[:21]  # what schema 2 held, in the same order
 
 
-def load_v010_dump(schema):
-    """Load 0.1.0's pg_dump into `schema` (a fresh one of the test's), on a connection of
-    its own (the dump empties search_path); psql's own commands (\\restrict) left out."""
-    import psycopg
-
-    from tests.tools import POSTGRES_BASE
-    lines = (HERE / "postgres.sql").read_text().splitlines()
-    sql = "\n".join(line for line in lines if not line.startswith("\\")).replace(
-        f"CREATE SCHEMA {SCHEMA};", "")
-    with psycopg.connect(POSTGRES_BASE, autocommit=True) as conn:
-        conn.execute(sql.replace(SCHEMA, schema))
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def old_store(request, tmp_path):
-    """The URL of a store as 0.1.0 left it (a copy: the fixture itself is never changed)."""
-    if request.param == "sqlite":
-        shutil.copy(HERE / "heartbeat.db", tmp_path / "heartbeat.db")
-        yield f"sqlite:///{tmp_path / 'heartbeat.db'}"
-        return
-    conn, schema, url = postgres_schema_url()
-    try:
-        load_v010_dump(schema)
+    with v010_store(request.param, tmp_path) as url:
         yield url
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
-
-
-def raw(url, sql, write=False):
-    """Rows of one query, run without any store code (read-only unless `write`; on SQLite
-    as an immutable file, which leaves no -wal or -shm behind: call it on closed stores)."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        conn = sqlite3.connect(path if write else f"file:{path}?mode=ro&immutable=1",
-                               uri=not write)
-        with conn:
-            rows = conn.execute(sql).fetchall()
-        conn.close()
-        return rows
-    import psycopg
-    with psycopg.connect(url) as conn:
-        cur = conn.execute(sql)
-        return cur.fetchall() if cur.description else []
 
 
 @pytest.fixture
@@ -102,12 +63,12 @@ def call(client, server_id, action="", headers=FLEET, method="post", json=None):
 
 
 def test_the_fixtures_are_stores_of_schema_2(old_store):
-    assert raw(old_store, "SELECT value FROM meta") == [("2",)]
-    assert len(raw(old_store, "SELECT server_id FROM servers")) == len(SERVERS) + 1
+    assert read_rows(old_store, "SELECT value FROM meta") == [("2",)]
+    assert len(read_rows(old_store, "SELECT server_id FROM servers")) == len(SERVERS) + 1
 
 
 def test_every_server_and_counter_is_kept_as_it_was(old_store, clock):
-    before = sorted(raw(old_store, f"SELECT {', '.join(V010_COLUMNS)} FROM servers"))
+    before = sorted(read_rows(old_store, f"SELECT {', '.join(V010_COLUMNS)} FROM servers"))
     store = open_store(old_store, clock=clock)
     try:
         rows, rejected = store.export_rows()
@@ -201,14 +162,14 @@ def test_the_upgrade_is_logged_with_what_it_read(old_store, clock, caplog):
 
 def test_a_sqlite_store_is_backed_up_next_to_it_before_the_upgrade(tmp_path, clock, caplog):
     shutil.copy(HERE / "heartbeat.db", tmp_path / "heartbeat.db")
-    before = raw(f"sqlite:///{tmp_path / 'heartbeat.db'}", "SELECT * FROM servers")
+    before = read_rows(f"sqlite:///{tmp_path / 'heartbeat.db'}", "SELECT * FROM servers")
     with caplog.at_level(logging.INFO, logger="bridge"):
         open_store(f"sqlite:///{tmp_path / 'heartbeat.db'}", clock=clock).close()
     (backup,) = tmp_path.glob("heartbeat.db.schema2-*.bak")
     assert f"backed up the store to {backup} before migrating it" in caplog.text
     assert caplog.text.index("backed up") < caplog.text.index("migrating the store")
-    assert raw(f"sqlite:///{backup}", "SELECT value FROM meta") == [("2",)]
-    assert raw(f"sqlite:///{backup}", "SELECT * FROM servers") == before
+    assert read_rows(f"sqlite:///{backup}", "SELECT value FROM meta") == [("2",)]
+    assert read_rows(f"sqlite:///{backup}", "SELECT * FROM servers") == before
 
 
 def test_a_store_created_new_is_neither_migrated_in_the_log_nor_backed_up(tmp_path, caplog):
@@ -226,7 +187,7 @@ def check_config(url):
 
 def test_check_config_reports_the_schema_and_the_plan_and_changes_nothing(old_store, tmp_path):
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    rows = raw(old_store, "SELECT * FROM servers ORDER BY server_id")
+    rows = read_rows(old_store, "SELECT * FROM servers ORDER BY server_id")
     result = check_config(old_store)
     assert result.returncode == 0, result.stderr
     assert f"store schema: 2 (this bridge: {SCHEMA_VERSION})\n" in result.stdout
@@ -237,8 +198,8 @@ def test_check_config_reports_the_schema_and_the_plan_and_changes_nothing(old_st
     else:
         assert "back it up with pg_dump first" in plan
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # not one byte more
-    assert raw(old_store, "SELECT value FROM meta") == [("2",)]
-    assert raw(old_store, "SELECT * FROM servers ORDER BY server_id") == rows
+    assert read_rows(old_store, "SELECT value FROM meta") == [("2",)]
+    assert read_rows(old_store, "SELECT * FROM servers ORDER BY server_id") == rows
 
 
 def test_check_config_on_a_new_database_creates_nothing(tmp_path):
@@ -253,7 +214,7 @@ def test_check_config_after_the_upgrade_and_on_a_newer_schema(old_store, clock):
     open_store(old_store, clock=clock).close()
     result = check_config(old_store)
     assert "serve would: use the store as it is" in result.stdout
-    raw(old_store, "UPDATE meta SET value = '99'", write=True)  # as a later release leaves it
+    write_rows(old_store, "UPDATE meta SET value = '99'")  # as a later release leaves it
     result = check_config(old_store)
     assert result.returncode == 1
     assert "serve would: refuse to start: the store's schema 99 is newer" in result.stdout

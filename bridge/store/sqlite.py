@@ -26,6 +26,7 @@ class SQLiteStore(Batches, SQLStore):
     """
 
     read_savepoints = False  # a failed read leaves a SQLite transaction usable (Batches)
+    backend_migrations = upgrade.SQLITE_WRITER_LOCKOUT
 
     def __init__(self, path: str, clock: Clock = time.time, busy_timeout: float = 5.0,
                  synchronous: str = "NORMAL", max_host_silence: float = DEFAULT_MAX_HOST_SILENCE,
@@ -62,6 +63,8 @@ class SQLiteStore(Batches, SQLStore):
             return conn
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
+        # Says which schema this code writes: the lockout lets only such writers through.
+        conn.create_function(upgrade.WRITER_FUNCTION, 0, _writer_schema, deterministic=True)
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         self._local.conn, self._local.pid = conn, os.getpid()
@@ -116,3 +119,7 @@ class SQLiteStore(Batches, SQLStore):
             conn.close()
             os.close(self._local.lock_fd)
             self._local.conn = None
+
+
+def _writer_schema() -> int:
+    return SCHEMA_VERSION

@@ -1,4 +1,5 @@
-"""Schema upgrades made visible: what a store holds, the SQLite backup, the log lines.
+"""Schema upgrades: what a store holds, the SQLite backup, the log lines, and the lockout
+of replicas of older releases.
 
 `stored_version` reads a database without changing anything (check-config); the stores
 call `log_start` and `log_result` around a migration, and SQLite backs itself up first
@@ -39,6 +40,18 @@ POSTGRES_WRITER_LOCKOUT = {3: [
     "CREATE TRIGGER heartbeat_bridge_writer BEFORE INSERT OR UPDATE OR DELETE ON rejections "
     "FOR EACH STATEMENT EXECUTE PROCEDURE heartbeat_bridge_check_writer()",
 ]}
+
+
+# SQLite has no session settings: each connection of this release defines the function
+# WRITER_FUNCTION (the schema its code writes), and triggers refuse writes where it is
+# missing (0.1: "no such function") or lower than the schema's (a later release's lockout).
+WRITER_FUNCTION = "heartbeat_bridge_writer_schema"
+SQLITE_WRITER_LOCKOUT = {3: [
+    f"CREATE TRIGGER heartbeat_bridge_writer_{table}_{event.lower()} BEFORE {event} ON {table} "
+    f"WHEN {WRITER_FUNCTION}() < 3 BEGIN SELECT RAISE(ABORT, 'this heartbeat-bridge store "
+    "is at schema 3 (release 0.2.0); a bridge of an older release may not write it: "
+    "upgrade it'); END"
+    for table in ("servers", "rejections") for event in ("INSERT", "UPDATE", "DELETE")]}
 
 
 def stored_version(url: str) -> Optional[int]:
