@@ -105,7 +105,8 @@ class SQLStore:
     for_update = ""  # row lock clause for read-modify-write (PostgreSQL: " FOR UPDATE")
 
     where = "the database"  # backends say more: a path, a host and database
-    # Statements a backend adds to a migration, after MIGRATIONS[version] (PostgreSQL).
+    # Statements a backend adds to a migration, after MIGRATIONS[version]: its lockout of
+    # older releases' writers (bridge.store.upgrade).
     backend_migrations: Mapping[int, Sequence[str]] = {}
 
     def __init__(self, clock: Clock = time.time,
