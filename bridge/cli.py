@@ -269,8 +269,9 @@ def migrate(args: argparse.Namespace, settings: Settings) -> None:
         conninfo_to_dict(args.target)
     except ProgrammingError as exc:
         raise ConfigError(f"--to: unusable URL: {str(exc).strip()}") from None
-    source = open_store(args.source)
-    target = open_store(args.target, pool_size=1)
+    bound = settings.max_host_silence_hours * 3600.0  # for a source still at schema 2
+    source = open_store(args.source, max_host_silence=bound)
+    target = open_store(args.target, pool_size=1, max_host_silence=bound)
     try:
         rows, rejected = source.export_rows()
         _, already = target.export_rows()

@@ -59,14 +59,14 @@ def v010_store(backend: str, tmp_path: Path) -> Iterator[str]:
         return
     conn, schema, url = postgres_schema_url()
     try:
-        _load_dump(schema)
+        load_dump(schema)
         yield url
     finally:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()
 
 
-def _load_dump(schema: str) -> None:
+def load_dump(schema: str) -> None:
     """Load 0.1.0's pg_dump into `schema`, on a connection of its own (the dump empties
     search_path); psql's own commands (\\restrict) left out."""
     import psycopg

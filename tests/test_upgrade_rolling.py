@@ -1,8 +1,11 @@
 """A replica of the previous release (0.1.0, run from this repository's history) never writes
 a store this release migrated; it is refused instead. On PostgreSQL that is a rolling
 upgrade; on SQLite, a 0.1 bridge still running while a new one (or its CLI) migrates."""
+import logging
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -19,6 +22,7 @@ from tests.tools import (
     Process,
     bridge_env,
     free_port,
+    postgres_schema_url,
     read_rows,
     wait_until,
     write_rows,
@@ -158,3 +162,26 @@ def write_rows_as_0_1(url, sql):
     import psycopg
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql)
+
+
+def test_new_replicas_starting_together_on_an_old_store_migrate_it_once(caplog):
+    conn, schema, url = postgres_schema_url()
+    try:
+        previous_release.load_dump(schema)
+        barrier = threading.Barrier(3)
+
+        def start(_):
+            barrier.wait(timeout=10)
+            return open_store(url, clock=lambda: T0 + 60, pool_size=1)
+
+        with caplog.at_level(logging.INFO, logger="bridge"):
+            with ThreadPoolExecutor(3) as pool:
+                stores = list(pool.map(start, range(3)))
+        assert [s.schema_version() for s in stores] == [SCHEMA_VERSION] * 3
+        assert caplog.text.count("migrating the store from schema 2") == 1
+        stores[0].record_beat("web-fleet", parse_beat(b"", None), BeatPolicy(rate_limit_burst=0))
+        for store in stores:
+            store.close()
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
