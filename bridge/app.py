@@ -49,7 +49,8 @@ def create_app(settings: Optional[Settings] = None, store: Optional[Store] = Non
     """Build the bridge; settings from the environment unless given."""
     settings = settings or Settings.from_env()
     if store is None:
-        store = open_store(settings.database_url, clock=clock, pool_size=settings.pool_size)
+        store = open_store(settings.database_url, clock=clock, pool_size=settings.pool_size,
+                           max_host_silence=settings.max_host_silence_hours * 3600.0)
     if settings.allow_unauthenticated:
         log.warning("HEARTBEAT_ALLOW_UNAUTHENTICATED is on: ANYONE who can reach this port "
                     "can send beats for any server id. Use it for development only.")

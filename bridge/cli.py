@@ -58,7 +58,8 @@ def _with(settings: Settings, **changes: Any) -> Settings:
 
 def _store(settings: Settings) -> Store:
     from bridge.store import open_store
-    return open_store(settings.database_url, pool_size=1)
+    return open_store(settings.database_url, pool_size=1,
+                      max_host_silence=settings.max_host_silence_hours * 3600.0)
 
 
 def _remote(args: argparse.Namespace, settings: Settings) -> Settings:
@@ -136,11 +137,27 @@ def healthcheck(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
-def check_config(args: argparse.Namespace, settings: Settings) -> None:
+def check_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the settings, the store's schema and what `serve` would do with it; exit 1 if
+    serve would refuse the store. Changes nothing: no file, table or row is created."""
+    from bridge.store import SCHEMA_VERSION
+    from bridge.store.upgrade import connected_releases, plan, stored_version
     for name, value in settings.describe().items():
         print(f"{name} = {value}")
-    _store(settings).ping()
-    print("store: reachable")
+    url = settings.database_url
+    version = stored_version(url)
+    if version is None and url.startswith("sqlite:///"):
+        print(f"store: {os.path.abspath(url[len('sqlite:///'):])} does not exist yet")
+    else:
+        print("store: reachable")
+    print(f"store schema: {'none yet' if version is None else version} "
+          f"(this bridge: {SCHEMA_VERSION})")
+    print(f"serve would: {plan(version, url)}")
+    for name, count in connected_releases(url):
+        older = " (a release before 0.2: its writes are refused once the schema is 3)" if (
+            name == "heartbeat-bridge") else ""
+        print(f"connected: {name}, {count} connection{'s' if count > 1 else ''}{older}")
+    return 1 if version is not None and version > SCHEMA_VERSION else 0
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -248,25 +265,23 @@ def tokens_revoke(args: argparse.Namespace, settings: Settings) -> None:
 # -- migrate ---------------------------------------------------------------------------------
 def migrate(args: argparse.Namespace, settings: Settings) -> None:
     """Copy every server and counter from a SQLite file into PostgreSQL; safe to re-run."""
-    from bridge.store import open_store
+    from bridge.store import open_store, require_postgres_driver
     path = args.source[len("sqlite:///"):] if args.source.startswith("sqlite:///") else ""
     if not path or not os.path.isfile(path):
         raise ConfigError(f"--from: expected sqlite:///PATH of an existing file, "
                           f"got {args.source!r}")
     if not args.target.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"--to: expected postgresql://..., got {args.target!r}")
-    try:
-        from psycopg import ProgrammingError
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:
-        raise ConfigError("PostgreSQL support is not installed: "
-                          "pip install 'heartbeat-bridge[postgres]'") from None
+    require_postgres_driver()
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
     try:
         conninfo_to_dict(args.target)
     except ProgrammingError as exc:
         raise ConfigError(f"--to: unusable URL: {str(exc).strip()}") from None
-    source = open_store(args.source)
-    target = open_store(args.target, pool_size=1)
+    bound = settings.max_host_silence_hours * 3600.0  # for a source still at schema 2
+    source = open_store(args.source, max_host_silence=bound)
+    target = open_store(args.target, pool_size=1, max_host_silence=bound)
     try:
         rows, rejected = source.export_rows()
         _, already = target.export_rows()
@@ -316,7 +331,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command(sub, "serve", serve, "run the bridge under gunicorn (settings from HEARTBEAT_*)")
-    command(sub, "check-config", check_config, "print the settings and check the store")
+    command(sub, "check-config", check_config, "print the settings, the store's schema and "
+            "what serve would do with it (changes nothing)")
     p = command(sub, "healthcheck", healthcheck, "ask the local bridge's /healthz (exit 0 if ok)")
     p.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
     p.add_argument("--timeout", type=float, default=3.0)

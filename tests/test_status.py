@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bridge import status
-from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, START, wait_until
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, START, wait_until, write_rows
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
@@ -385,16 +385,8 @@ def test_workers_share_one_snapshot_per_max_age(tmp_path, clock):
 def write_raw(database_url, server_id, **columns):
     """Set columns of a server's row straight in the database, past every input check."""
     sets = ", ".join(f"{name} = ?" for name in columns)
-    sql = f"UPDATE servers SET {sets} WHERE server_id = ?"
-    params = (*columns.values(), server_id)
-    if database_url.startswith("sqlite:///"):
-        import sqlite3
-        with sqlite3.connect(database_url[len("sqlite:///"):]) as conn:
-            assert conn.execute(sql, params).rowcount == 1
-        return
-    import psycopg
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        assert conn.execute(sql.replace("?", "%s"), params).rowcount == 1
+    assert write_rows(database_url, f"UPDATE servers SET {sets} WHERE server_id = ?",
+                      (*columns.values(), server_id)) == 1
 
 
 def strict_loads(text):

@@ -254,7 +254,9 @@ class Store(Protocol):
 
     def create_schema(self) -> None:
         """Create or upgrade the tables; safe when several workers or replicas start at
-        once. Raises StoreError if the database's schema is newer than this bridge's."""
+        once. An upgrade runs in one transaction and is logged (bridge.store.upgrade); a
+        SQLite file is copied next to itself first. Raises StoreError if the database's
+        schema is newer than this bridge's."""
 
     def schema_version(self) -> int:
         """The schema version the database is at."""
@@ -386,12 +388,35 @@ class Store(Protocol):
         """Insert or overwrite the servers of export_rows(); add the counters."""
 
 
+class DriverMissingError(StoreError):
+    """A postgresql:// URL, and the PostgreSQL driver is not installed."""
+
+    exit_code = 2
+
+    def __init__(self) -> None:
+        super().__init__("a postgresql:// database URL needs the PostgreSQL driver (psycopg), "
+                         "which is not installed: pip install 'heartbeat-bridge[postgres]'")
+
+
+def require_postgres_driver() -> None:
+    """Return if psycopg and its pool can be imported; DriverMissingError otherwise."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise DriverMissingError() from None
+
+
 def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
-    """A Store for a database URL: sqlite:///path or postgresql://..."""
+    """A Store for a database URL: sqlite:///path or postgresql://...
+
+    `max_host_silence` (seconds, HEARTBEAT_MAX_HOST_SILENCE_HOURS) is how a migration from
+    schema 2 tells a host's maintenance window from an operator's pause (bridge.store.sql)."""
     if url.startswith("sqlite:///"):
         from bridge.store.sqlite import SQLiteStore
         return SQLiteStore(url[len("sqlite:///"):], clock=clock, **options)
     if url.startswith(("postgresql://", "postgres://")):
+        require_postgres_driver()
         from bridge.store.postgres import PostgresStore
         return PostgresStore(url, clock=clock, **options)
     from bridge.config import mask_url

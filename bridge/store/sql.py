@@ -24,6 +24,7 @@ from bridge.store import (
     StoreError,
     UnknownServerError,
     rate_limit,
+    upgrade,
 )
 from bridge.validate import Beat
 
@@ -52,18 +53,34 @@ SCHEMA = [
     )""",
     "CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count BIGINT NOT NULL)",
 ]
-# Upgrades from the version before; SCHEMA above is version 1 and never changes.
-MIGRATIONS = {
+# Upgrades from the version before; SCHEMA above is version 1 and never changes. Each
+# says how it reads the data of the version before. A `?` in a statement is the latest end
+# a host's maintenance window could have at the moment of the upgrade (now plus
+# HEARTBEAT_MAX_HOST_SILENCE_HOURS).
+MIGRATIONS: Dict[int, List[str]] = {
+    # Goodbyes and retirement; no server had either before.
     2: ["ALTER TABLE servers ADD COLUMN expected_back DOUBLE PRECISION",
         "ALTER TABLE servers ADD COLUMN retired_at DOUBLE PRECISION"],
     # Enrolment, and who paused or retired a server (a host cannot undo an operator).
-    # Tokens set before enrolment existed were all given out by an operator: confirmed.
     3: ["ALTER TABLE servers ADD COLUMN token_confirmed INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE servers ADD COLUMN paused_by TEXT",
         "ALTER TABLE servers ADD COLUMN retired_by TEXT",
+        # Tokens set before enrolment existed were all given out by an operator: confirmed,
+        # so the fleet token no longer speaks for those servers.
         "UPDATE servers SET token_confirmed = 1 WHERE token_hash IS NOT NULL",
-        "UPDATE servers SET paused_by = 'operator' WHERE paused = 1"],
+        # Schema 2 stored a host's window and an operator's pause alike. One ending within
+        # the bound a host may ask for may be a host's window: read as the host's, so that
+        # host can still end it early. One with no end (no host could ask for that) or
+        # ending later stays the operator's, which no host can end.
+        "UPDATE servers SET paused_by = CASE WHEN paused_until IS NOT NULL AND "
+        "paused_until <= ? THEN 'host' ELSE 'operator' END WHERE paused <> 0",
+        # Nor did it say who retired a server (an operator, its own goodbye, or silence):
+        # every old retirement is read as an operator's, so no beat undoes it; an operator
+        # brings a server back (unretire).
+        "UPDATE servers SET retired_by = 'operator' WHERE retired_at IS NOT NULL"],
 }
+# The longest maintenance window a host may ask for unless the settings say otherwise.
+DEFAULT_MAX_HOST_SILENCE = 72 * 3600.0
 
 # Every column, in the order export_rows() yields and import_rows() takes them.
 ALL_COLUMNS = ("server_id", "labels", "registered_interval", "declared_interval", "last_seen",
@@ -88,9 +105,14 @@ class SQLStore:
     for_update = ""  # row lock clause for read-modify-write (PostgreSQL: " FOR UPDATE")
 
     where = "the database"  # backends say more: a path, a host and database
+    # Statements a backend adds to a migration, after MIGRATIONS[version]: its lockout of
+    # older releases' writers (bridge.store.upgrade).
+    backend_migrations: Mapping[int, Sequence[str]] = {}
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = time.time,
+                 max_host_silence: float = DEFAULT_MAX_HOST_SILENCE) -> None:
         self.clock = clock
+        self.max_host_silence = max_host_silence
 
     # -- backend hooks -------------------------------------------------------------------
     @contextmanager
@@ -103,7 +125,9 @@ class SQLStore:
 
     # -- schema --------------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create or upgrade tables; safe when several workers or replicas start at once."""
+        """Create or upgrade tables; safe when several workers or replicas start at once.
+        An upgrade is logged, with what the upgraded store holds; a failed one keeps none
+        of its changes (one transaction)."""
         with self._transaction(write=True) as cur:
             self._lock(cur, "schema")
             for statement in SCHEMA:
@@ -115,11 +139,18 @@ class SQLStore:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"the database schema is version {version}, newer than this "
                                  f"bridge understands ({SCHEMA_VERSION}); upgrade the bridge")
+            if version == SCHEMA_VERSION:
+                return
+            if row is not None:
+                upgrade.log_start(version)
+            window_end = self.clock() + self.max_host_silence
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    cur.execute(statement)
+                for statement in [*MIGRATIONS[target], *self.backend_migrations.get(target, ())]:
+                    cur.execute(statement, (window_end,) * statement.count("?"))
                 cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                             (str(target),))
+            if row is not None:
+                upgrade.log_result(cur, version)
 
     def schema_version(self) -> int:
         with self._transaction(write=False) as cur:
