@@ -18,8 +18,8 @@ Row = Tuple[Any, ...]  # a status row: the fields FIELDS names, in that order
 LATE_AFTER = 1.5
 # ...and down once silent for more than DOWN_AFTER intervals: the condition of the
 # HeartbeatMissing alert (and `heartbeat:missing:bool`) in prometheus/rules.yml,
-# `> 3 * interval`; the alert itself pages after its `for:` on top.
-DOWN_AFTER = 3.0
+# `> 3.05 * interval` (three intervals plus the agent's 5% jitter); the alert has no `for`.
+DOWN_AFTER = 3.05
 
 # Worst first: the default order of the page and of the JSON list. Retired servers
 # are out of service, so they come last.

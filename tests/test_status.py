@@ -39,7 +39,8 @@ def states(client):
 
 
 @pytest.mark.parametrize("silent,expected", [
-    (0, "up"), (15, "up"), (15.5, "late"), (30, "late"), (30.5, "down"), (3600, "down")])
+    (0, "up"), (15, "up"), (15.5, "late"), (30, "late"), (30.5, "late"), (31, "down"),
+    (3600, "down")])
 def test_state_follows_the_alert_thresholds_in_intervals(client, clock, silent, expected):
     client.post("/api/heartbeat/web-1", headers=FLEET, json={"interval": 10})
     clock.advance(silent)
@@ -113,7 +114,7 @@ def test_json_has_counts_thresholds_and_servers_worst_first(client, clock):
     clock.advance(5)
     body = fleet_status(client)
     assert body["generated_at"] == clock.now
-    assert body["thresholds"] == {"late_after_intervals": 1.5, "down_after_intervals": 3.0,
+    assert body["thresholds"] == {"late_after_intervals": 1.5, "down_after_intervals": 3.05,
                                   "default_interval": 30.0}
     assert body["counts"] == {"up": 1, "late": 0, "down": 1, "never_seen": 1, "paused": 0,
                               "away": 0, "retired": 0, "total": 3}
