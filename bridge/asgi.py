@@ -5,8 +5,9 @@ loop: headers and body are read there, then the whole handling (BeatEndpoint.han
 validation, store) runs as one job of the process's group commit (bridge/writer.py), and
 the answer goes out once that job's batch committed. Everything else is the Flask app
 (admin API, status page, health, /metrics) in a pool of HEARTBEAT_THREADS threads through
-a2wsgi; the heavy answers, /metrics and /api/status, are computed in the worker's render
-process (bridge.render), so a 100,000-server scrape holds neither the loop nor its GIL.
+a2wsgi; the heavy answers, /metrics and /api/status, of a large fleet are computed in the
+host's render process (bridge.render), so a 100,000-server scrape holds neither the loop
+nor its GIL. Both adapt one BridgeState (bridge.state), built once per worker.
 """
 import asyncio
 import functools
@@ -15,13 +16,12 @@ import time
 from typing import Any, Awaitable, Callable, Dict
 
 from a2wsgi import WSGIMiddleware
-from flask import Flask
 
-from bridge.app import create_app
+from bridge.app import flask_app
 from bridge.errors import encode
-from bridge.render import Renderer
+from bridge.state import BridgeState, build_state
 from bridge.validate import MAX_BODY_BYTES
-from bridge.views.beat import PREFIX, _route
+from bridge.views.beat import PREFIX, BeatEndpoint, route
 from bridge.writer import GroupWriter
 
 log = logging.getLogger("bridge")
@@ -35,23 +35,20 @@ _OVER_LIMIT = bytes(MAX_BODY_BYTES + 1)
 
 
 def create_asgi_app(**options: Any) -> "BridgeASGI":
-    """The bridge as an ASGI app; options as for bridge.app.create_app()."""
-    return BridgeASGI(create_app(**options))
+    """The bridge as an ASGI app; options as for bridge.state.build_state()."""
+    return BridgeASGI(build_state(**options))
 
 
 class BridgeASGI:
     """Routes by path: the beat prefix natively, everything else to Flask in threads."""
 
-    def __init__(self, flask_app: Flask) -> None:
-        self.flask_app = flask_app
-        self.state = flask_app.extensions["heartbeat"]
-        # the BeatEndpoint create_app mounted in its DispatcherMiddleware
-        self.beats = flask_app.wsgi_app.mounts[PREFIX]  # type: ignore[attr-defined]
-        self.wsgi = WSGIMiddleware(flask_app,  # type: ignore[arg-type]  # werkzeug's types
-                                   workers=self.state.settings.threads)
-        self.writer = GroupWriter(self.state.store)
-        if self.state.settings.render_process:
-            self.state.renderer = Renderer(self.state.settings)
+    def __init__(self, state: BridgeState) -> None:
+        self.state = state
+        self.beats = BeatEndpoint(state)
+        self.flask_app = flask_app(state)
+        self.wsgi = WSGIMiddleware(self.flask_app,  # type: ignore[arg-type]  # werkzeug's
+                                   workers=state.settings.threads)
+        self.writer = GroupWriter(state.store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -72,15 +69,13 @@ class BridgeASGI:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.writer.stop()
-                if self.state.renderer is not None:
-                    self.state.renderer.close()
-                self.state.rejections.flush()
+                self.state.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def beat(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        server_id, action = _route(scope["path"][len(PREFIX):])
+        server_id, action = route(scope["path"][len(PREFIX):])
         authorization = content_type = length = None
         for name, value in scope["headers"]:
             if name == b"authorization":

@@ -100,9 +100,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-metrics-")
     # The workers share status snapshots there (bridge/status_cache.py).
     env["HEARTBEAT_STATUS_CACHE_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-status-")
-    app = ("bridge.asgi:create_asgi_app()" if settings.worker_class == "uvicorn"
-           else "bridge.app:create_app()")
-    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF, app]
+    # The host's render process listens there (bridge/render.py).
+    env["HEARTBEAT_RUN_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-run-")
+    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF,
+            "bridge.asgi:create_asgi_app()"]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

@@ -8,11 +8,11 @@ The busiest endpoint by far, so it is a plain WSGI app mounted beside Flask (as
 beat took in-process, and this path needs none of it.
 """
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bridge import admin
 from bridge.errors import BridgeError, error_body, wsgi_answer
-from bridge.http_metrics import Observe
+from bridge.state import BridgeState
 from bridge.store import StoreUnavailableError
 from bridge.validate import (
     MAX_BODY_BYTES,
@@ -22,9 +22,6 @@ from bridge.validate import (
     parse_object,
 )
 from bridge.views import log
-
-if TYPE_CHECKING:
-    from bridge.app import BridgeState
 
 # (status, JSON body, extra headers)
 Answer = Tuple[int, Dict[str, Any], List[Tuple[str, str]]]
@@ -39,14 +36,14 @@ NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
 class BeatEndpoint:
     """WSGI app for PREFIX/<server_id>[/]; the answer is sent only after the store commit."""
 
-    def __init__(self, bridge_state: "BridgeState", observe: Observe) -> None:
+    def __init__(self, bridge_state: BridgeState) -> None:
         self.state = bridge_state
-        self.observe = observe  # observe(handler, code, seconds): request metrics
+        self.observe = bridge_state.observe  # observe(handler, code, seconds)
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]
                  ) -> List[bytes]:
         started = time.perf_counter()
-        server_id, action = _route(environ.get("PATH_INFO", ""))
+        server_id, action = route(environ.get("PATH_INFO", ""))
         try:
             body = _read_body(environ)
         except InvalidInputError as exc:
@@ -147,7 +144,7 @@ _ACTIONS = {
 }
 
 
-def _route(path):
+def route(path: str) -> Tuple[str, str]:
     """(server_id, action) of '/<id>[/]' or '/<id>/<action>[/]'; an unknown action leaves the
     whole path as the id, which then fails validation."""
     path = path[1:]
