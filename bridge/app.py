@@ -1,21 +1,11 @@
-"""The Flask app: an adapter of the worker's state (bridge.state) for admin, status, health,
-/metrics, and the beat endpoint as WSGI (the ASGI app, bridge.asgi, serves beats itself)."""
-from typing import Any, Optional
-
+"""The Flask app: an adapter of the worker's state (bridge.state) for admin, status, health
+and /metrics. Beats never reach it: the served ASGI app (bridge.asgi) answers them."""
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from bridge.config import Settings
-from bridge.state import BridgeState, build_state
+from bridge.state import BridgeState
 from bridge.views import admin, errors, health, openapi, request_timing, status
-from bridge.views.beat import PREFIX as BEAT_PREFIX
-from bridge.views.beat import BeatEndpoint
 from bridge.views.metrics import metrics_wsgi
-
-
-def create_app(settings: Optional[Settings] = None, **options: Any) -> Flask:
-    """Build the bridge as a WSGI app; options as for bridge.state.build_state()."""
-    return flask_app(build_state(settings, **options))
 
 
 def flask_app(bridge_state: BridgeState) -> Flask:
@@ -29,9 +19,8 @@ def flask_app(bridge_state: BridgeState) -> Flask:
     for blueprint in (admin.bp, health.bp, openapi.bp, status.bp):
         app.register_blueprint(blueprint)
 
-    # Flask's documented way to mount WSGI apps beside it (typeshed calls it a method).
+    # Flask's documented way to mount a WSGI app beside it (typeshed calls it a method).
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {  # type: ignore[method-assign]
         "/metrics": metrics_wsgi(bridge_state),
-        BEAT_PREFIX: BeatEndpoint(bridge_state),
     })
     return app

@@ -95,8 +95,9 @@ class BridgeASGI:
         await send({"type": "http.response.start", "status": status, "headers": [
             _JSON, (b"content-length", str(len(payload)).encode())] + [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]})
-        await send({"type": "http.response.body", "body": payload})
+        # counted before the last byte goes out: a scrape that follows the answer sees it
         self.beats.observe(action or "beat", status, time.perf_counter() - started)
+        await send({"type": "http.response.body", "body": payload})
 
     def _unavailable(self, server_id, exc):
         """The answer to a request whose batch did not commit: nothing was acknowledged."""

@@ -3,15 +3,14 @@
 Also, with the same tokens, what a host says about itself: `POST .../<id>/goodbye`
 (clean stop, back within a time, or retired) and `POST|DELETE .../<id>/maintenance`.
 
-The busiest endpoint by far, so it is a plain WSGI app mounted beside Flask (as
-/metrics is): Flask's request and response machinery cost about 170 us of the 240 us a
-beat took in-process, and this path needs none of it.
+The busiest endpoint by far, so it is served natively in the worker's event loop
+(bridge.asgi), not through Flask: Flask's request and response machinery cost about
+170 us of the 240 us a beat took in-process, and this path needs none of it.
 """
-import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from bridge import admin
-from bridge.errors import BridgeError, error_body, wsgi_answer
+from bridge.errors import BridgeError, error_body
 from bridge.state import BridgeState
 from bridge.store import StoreUnavailableError
 from bridge.validate import (
@@ -34,27 +33,13 @@ NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
 
 
 class BeatEndpoint:
-    """WSGI app for PREFIX/<server_id>[/]; the answer is sent only after the store commit."""
+    """The answers of PREFIX/<server_id>[/...] from plain values; bridge.asgi reads the
+    request in the event loop, runs handle() in the group commit, and sends the answer only
+    after the commit."""
 
     def __init__(self, bridge_state: BridgeState) -> None:
         self.state = bridge_state
         self.observe = bridge_state.observe  # observe(handler, code, seconds)
-
-    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]
-                 ) -> List[bytes]:
-        started = time.perf_counter()
-        server_id, action = route(environ.get("PATH_INFO", ""))
-        try:
-            body = _read_body(environ)
-        except InvalidInputError as exc:
-            status, body, headers = self._reject(server_id, exc.reason, exc.status, exc.message)
-        else:
-            status, body, headers = self.handle(
-                environ["REQUEST_METHOD"], server_id, action,
-                environ.get("HTTP_AUTHORIZATION"), environ.get("CONTENT_TYPE"), body)
-        answer = wsgi_answer(start_response, status, body, headers)
-        self.observe(action or "beat", status, time.perf_counter() - started)
-        return answer
 
     def handle(self, method: str, server_id: str, action: str, authorization: Optional[str],
                content_type: Optional[str], body: bytes) -> Answer:
@@ -154,23 +139,5 @@ def route(path: str) -> Tuple[str, str]:
     return (server_id, action) if action in _ACTIONS else (path, "")
 
 
-def _content_length(environ):
-    try:
-        return int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise InvalidInputError("invalid_request", "Content-Length is not a number") from None
-
-
 def _too_large():
     return InvalidInputError("body_too_large", f"the body is over {MAX_BODY_BYTES} bytes", 413)
-
-
-def _read_body(environ):
-    """Read at most MAX_BODY_BYTES + 1 bytes, so a chunked flood is cut off early (handle()
-    refuses what is longer than MAX_BODY_BYTES)."""
-    stream = environ.get("wsgi.input")
-    length = _content_length(environ)
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if stream is None or (not length and not chunked):
-        return b""
-    return stream.read(MAX_BODY_BYTES + 1 if chunked else min(length, MAX_BODY_BYTES + 1))
