@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any, Awaitable, Callable, Dict
+from typing import Any, Awaitable, Callable, Dict, Optional
 
 from a2wsgi import WSGIMiddleware
 
@@ -21,7 +21,7 @@ from bridge.app import flask_app
 from bridge.errors import encode
 from bridge.state import BridgeState, build_state
 from bridge.validate import MAX_BODY_BYTES
-from bridge.views.beat import PREFIX, BeatEndpoint, route
+from bridge.views.beat import PREFIX, Answer, BeatEndpoint, route
 from bridge.writer import GroupWriter
 
 log = logging.getLogger("bridge")
@@ -76,7 +76,9 @@ class BridgeASGI:
     async def beat(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         server_id, action = route(scope["path"][len(PREFIX):])
-        authorization = content_type = length = None
+        authorization: Optional[str] = None
+        content_type: Optional[str] = None
+        length: Optional[bytes] = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
@@ -99,12 +101,12 @@ class BridgeASGI:
         self.beats.observe(action or "beat", status, time.perf_counter() - started)
         await send({"type": "http.response.body", "body": payload})
 
-    def _unavailable(self, server_id, exc):
+    def _unavailable(self, server_id: str, exc: BaseException) -> Answer:
         """The answer to a request whose batch did not commit: nothing was acknowledged."""
         return self.beats.unavailable(server_id)
 
 
-async def _read_body(receive, length):
+async def _read_body(receive: Receive, length: Optional[bytes]) -> Optional[bytes]:
     """The request body, at most MAX_BODY_BYTES + 1 bytes; None if the client went away."""
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         return _OVER_LIMIT

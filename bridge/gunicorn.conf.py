@@ -44,7 +44,7 @@ class _NoRequestDetails(logging.Filter):
     cut-off requests (an `Authorization Bearer <token>` without its colon, for one): keep
     only the kind of error."""
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith("Invalid request from ip="):
             record.msg, record.args = record.msg.split(": ", 1)[0] + ": (details not logged)", ()
         elif isinstance(record.args, tuple) and any(isinstance(a, Exception)

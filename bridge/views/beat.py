@@ -7,7 +7,7 @@ The busiest endpoint by far, so it is served natively in the worker's event loop
 (bridge.asgi), not through Flask: Flask's request and response machinery cost about
 170 us of the 240 us a beat took in-process, and this path needs none of it.
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from bridge import admin
 from bridge.errors import BridgeError, error_body
@@ -80,24 +80,27 @@ class BeatEndpoint:
         return self._reject(server_id, exc.reason, exc.status, NOT_RECORDED, exc.headers())
 
 
-    def _reject(self, server_id, reason, status, message, headers=()):
+    def _reject(self, server_id: str, reason: str, status: int, message: str,
+                headers: Iterable[Tuple[str, str]] = ()) -> Answer:
         self.state.rejections.add(reason)
         log.debug("rejected beat for %r: %s", server_id[:128], reason)
-        headers = list(headers)
+        extra = list(headers)
         if status == 401:
-            headers.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
+            extra.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
         if status == 413:
-            headers.append(("Connection", "close"))  # the rest of the body is not read
-        return status, error_body(reason, message), headers
+            extra.append(("Connection", "close"))  # the rest of the body is not read
+        return status, error_body(reason, message), extra
 
 
-def _beat(hb, server_id, body, content_type):
+def _beat(hb: BridgeState, server_id: str, body: bytes, content_type: Optional[str]
+          ) -> Dict[str, Any]:
     beat = parse_beat(body, content_type)
     received_at, interval = hb.store.record_beat(server_id, beat, hb.policy)
     return {"server_id": server_id, "received_at": received_at, "interval": interval}
 
 
-def _goodbye(hb, server_id, body, content_type):
+def _goodbye(hb: BridgeState, server_id: str, body: bytes, content_type: Optional[str]
+             ) -> Dict[str, Any]:
     """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed."""
     data = parse_object(body, content_type)
     expected_back = admin.goodbye(hb.store, server_id, hb.policy, hb.max_host_silence,
@@ -107,7 +110,8 @@ def _goodbye(hb, server_id, body, content_type):
             "retired": server.retired_at is not None}
 
 
-def _maintenance_start(hb, server_id, body, content_type):
+def _maintenance_start(hb: BridgeState, server_id: str, body: bytes, content_type: Optional[str]
+                       ) -> Dict[str, Any]:
     data = parse_object(body, content_type)
     server = admin.host_maintenance(hb.store, server_id, hb.policy, hb.max_host_silence,
                                     duration=data.get("for"), until=data.get("until"),
@@ -116,7 +120,8 @@ def _maintenance_start(hb, server_id, body, content_type):
             "reason": server.pause_reason}
 
 
-def _maintenance_end(hb, server_id, body, content_type):
+def _maintenance_end(hb: BridgeState, server_id: str, body: bytes, content_type: Optional[str]
+                     ) -> Dict[str, Any]:
     admin.host_resume(hb.store, server_id, hb.policy)
     return {"server_id": server_id, "paused_until": None, "reason": None}
 
@@ -139,5 +144,5 @@ def route(path: str) -> Tuple[str, str]:
     return (server_id, action) if action in _ACTIONS else (path, "")
 
 
-def _too_large():
+def _too_large() -> InvalidInputError:
     return InvalidInputError("body_too_large", f"the body is over {MAX_BODY_BYTES} bytes", 413)
