@@ -52,7 +52,7 @@ def no_caching(response: Response) -> Response:
     return response
 
 
-def _presented_token():
+def _presented_token() -> Optional[str]:
     """The bearer token, or the basic-auth password; None when neither was sent."""
     auth = request.authorization
     if auth is None:
