@@ -112,9 +112,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     # that restarts alone must not excuse silence the other workers heard.
     env["HEARTBEAT_STARTED_AT"] = repr(store.clock())
     env["HEARTBEAT_HEARD_UNTIL"] = repr(heard_until or 0.0)
-    app = ("bridge.asgi:create_asgi_app()" if settings.worker_class == "uvicorn"
-           else "bridge.app:create_app()")
-    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF, app]
+    # The host's render process listens there (bridge/render.py).
+    env["HEARTBEAT_RUN_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-run-")
+    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF,
+            "bridge.asgi:create_asgi_app()"]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

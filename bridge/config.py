@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+from bridge.cpus import default_workers
+
 DEFAULT_DATABASE_URL = "sqlite:///var/heartbeat.db"
 MAX_INTERVAL = 86400.0
 MIN_INTERVAL = 1.0
@@ -24,11 +26,10 @@ class Settings:
     admin_token: str = ""
     allow_unauthenticated: bool = False
     auto_register: bool = True
-    workers: int = 4
+    workers: int = 2  # from the environment: one per available CPU (bridge.cpus)
     threads: int = 4
     timeout: int = 30
     keepalive: int = 75
-    worker_class: str = "uvicorn"
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     trusted_proxies: tuple = ()
@@ -52,6 +53,8 @@ class Settings:
     metric_set: str = "lean"
     started_at: float = 0.0
     heard_until: float = 0.0
+    render_process_from: int = 20000
+    run_dir: str = ""
     # The CLI only: manage the bridge at this URL through its admin API instead of the store.
     url: str = ""
 
@@ -60,6 +63,9 @@ class Settings:
         """Read HEARTBEAT_* variables; raise ConfigError naming the first bad one."""
         env = os.environ if environ is None else environ
         reader = _Reader(env)
+        if (env.get("HEARTBEAT_WORKER_CLASS") or "uvicorn") != "uvicorn":
+            raise ConfigError("HEARTBEAT_WORKER_CLASS: the threaded worker (gthread) was "
+                              "removed; every worker is an event loop: unset it")
         settings = cls(
             bind=reader.bind("HEARTBEAT_BIND", cls.bind),
             database_url=reader.database_url("HEARTBEAT_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -67,15 +73,12 @@ class Settings:
             admin_token=reader.secret("HEARTBEAT_ADMIN_TOKEN"),
             allow_unauthenticated=reader.boolean("HEARTBEAT_ALLOW_UNAUTHENTICATED", False),
             auto_register=reader.boolean("HEARTBEAT_AUTO_REGISTER", True),
-            workers=reader.integer("HEARTBEAT_WORKERS", cls.workers, 1, 64),
+            # One event loop per CPU this process may use (affinity, cgroup quota), at most 8.
+            workers=reader.integer("HEARTBEAT_WORKERS", default_workers(), 1, 64),
             threads=reader.integer("HEARTBEAT_THREADS", cls.threads, 1, 64),
             timeout=reader.integer("HEARTBEAT_TIMEOUT", cls.timeout, 1, 3600),
             # Above the default interval, so a 30 s agent reuses its connection.
             keepalive=reader.integer("HEARTBEAT_KEEPALIVE", cls.keepalive, 0, 3600),
-            # uvicorn: an event loop per worker (beats in the loop, Flask in threads);
-            # gthread: the threaded worker of earlier versions, kept for comparison.
-            worker_class=reader.choice("HEARTBEAT_WORKER_CLASS", cls.worker_class,
-                                       ("uvicorn", "gthread")),
             # A client must send its request line and headers, then its body, within these.
             header_timeout=reader.number("HEARTBEAT_HEADER_TIMEOUT", cls.header_timeout,
                                          0.1, 300.0),
@@ -117,8 +120,10 @@ class Settings:
             pool_size=reader.integer("HEARTBEAT_DB_POOL_SIZE", cls.pool_size, 1, 100),
             # Set by `heartbeat-bridge serve` so gunicorn workers share request metrics.
             metrics_multiproc_dir=reader.raw("PROMETHEUS_MULTIPROC_DIR") or "",
-            # Under `serve`, /metrics and /api/status are computed in a render process per
-            # worker (bridge.render), never in the worker that answers beats.
+            # Under `serve`, /metrics and /api/status of a fleet of render_process_from
+            # servers or more are computed in the host's one render process
+            # (bridge.render), never in a worker that answers beats; a smaller fleet's in a
+            # thread of the worker (bridge.renderer).
             render_process=reader.boolean("HEARTBEAT_RENDER_PROCESS", True),
             # lean: at most 4 series a server, what the shipped rules and dashboard need;
             # full: also the counters, flags and agent facts (docs/metrics.md).
@@ -127,6 +132,10 @@ class Settings:
             started_at=reader.number("HEARTBEAT_STARTED_AT", 0.0, 0.0, 1e11),
             # Set by `heartbeat-bridge serve`: the last beat the store held at that start.
             heard_until=reader.number("HEARTBEAT_HEARD_UNTIL", 0.0, 0.0, 1e11),
+            render_process_from=reader.integer("HEARTBEAT_RENDER_PROCESS_FROM",
+                                               cls.render_process_from, 0, 10_000_000),
+            # Set by `heartbeat-bridge serve`: where the render process's socket lives.
+            run_dir=reader.raw("HEARTBEAT_RUN_DIR") or "",
             url=reader.url("HEARTBEAT_URL"),
         )
         return settings

@@ -6,7 +6,7 @@ intervals so that one rule serves every interval; a test keeps the two in step.
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from bridge.store import Server, Store
@@ -40,7 +40,7 @@ FIELDS = ("state", "server_id", "last_seen", "interval", "labels", "hostname", "
  PAUSED_UNTIL, PAUSE_REASON, EXPECTED_BACK, RETIRED_AT, HAYSTACK) = range(len(FIELDS))
 
 
-def _number(value):
+def _number(value: Any) -> Optional[float]:
     """A stored number as a float (infinities kept: they still decide a state); None for
     NULL, NaN or anything that is not a number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -49,12 +49,14 @@ def _number(value):
     return None if math.isnan(value) else value
 
 
-def _finite(value):
+def _finite(value: Optional[float]) -> Optional[float]:
     """What the JSON may carry: a finite number or None (never NaN or Infinity)."""
     return value if value is None or math.isfinite(value) else None
 
 
-def _decide(now, last_seen, interval, paused, paused_until, expected_back, retired_at):
+def _decide(now: float, last_seen: Optional[float], interval: float, paused: Any,
+            paused_until: Optional[float], expected_back: Optional[float],
+            retired_at: Optional[float]) -> str:
     """The state from cleaned numbers (see docs/states.md)."""
     if retired_at is not None:
         return "retired"
@@ -157,7 +159,7 @@ class FleetSnapshot:
         return cls(*values)
 
 
-def _sorted_counted(rows):
+def _sorted_counted(rows: List[Any]) -> Dict[str, int]:
     rows.sort(key=lambda row: (RANK[row[STATE]], row[SERVER_ID]))
     counts = dict.fromkeys(STATE_NAMES, 0)
     for row in rows:

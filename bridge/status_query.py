@@ -110,7 +110,7 @@ def parse_query(args: Mapping[str, str], per_page: Optional[int] = DEFAULT_PER_P
     return StatusQuery(states, text, sort, order, page, per_page)
 
 
-def _integer(text, name, default, low, high):
+def _integer(text: Optional[str], name: str, default: Any, low: int, high: int) -> int:
     if text is None:
         return default
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
@@ -118,7 +118,7 @@ def _integer(text, name, default, low, high):
     return int(text)
 
 
-def _bad(message):
+def _bad(message: str) -> InvalidInputError:
     return InvalidInputError("invalid_query", message, 400)
 
 
@@ -134,7 +134,7 @@ def matches(row: Row, terms: Sequence[str]) -> bool:
     return True
 
 
-def _silence_order(row):
+def _silence_order(row: Sequence[Any]) -> float:
     """Most recently seen first, never seen last."""
     last_seen = row[LAST_SEEN]
     return float("inf") if last_seen is None else -last_seen
@@ -177,7 +177,7 @@ def select_servers(servers: List[Dict[str, Any]], query: StatusQuery, now: float
     return [dict(by_id[row[SERVER_ID]], state=row[STATE]) for row in chosen]
 
 
-def _as_server(shown):
+def _as_server(shown: Dict[str, Any]) -> Any:
     """What status_row reads of a Server, from its admin view (whose interval is the one
     in force, whatever the bridge's default)."""
     return SimpleNamespace(

@@ -5,8 +5,10 @@ import subprocess
 
 import pytest
 
-from bridge.app import create_app
+from bridge.asgi import BridgeASGI
+from bridge.state import build_state
 from bridge.store import open_store
+from tests.asgi_client import ServedApp
 from tests.tools import (
     ADMIN_TOKEN,
     FLEET_TOKEN,
@@ -97,11 +99,18 @@ def store(database_url, clock):
 
 @pytest.fixture
 def app_factory(store, clock, database_url):
-    """create_app over the test's store and clock, with settings changed as asked."""
+    """The served ASGI app (bridge.asgi, as `serve` runs it) over the test's store and
+    clock, with settings changed as asked; its test_client() speaks WSGI to it."""
+    served = []
+
     def make(**changes):
-        return create_app(make_settings(database_url, **changes), store=store, clock=clock,
-                          rejection_flush_every=0)
-    return make
+        state = build_state(make_settings(database_url, **changes), store=store, clock=clock,
+                            rejection_flush_every=0)
+        served.append(ServedApp(BridgeASGI(state)))
+        return served[-1]
+    yield make
+    for app in served:
+        app.stop()
 
 
 @pytest.fixture

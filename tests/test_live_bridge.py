@@ -148,9 +148,10 @@ LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] "
 
 
 def test_every_process_logs_in_one_format_at_the_level_set(live_bridge):
-    """gunicorn, its workers and their render processes: one line format, one level."""
-    bridge = live_bridge(HEARTBEAT_LOG_LEVEL="debug", HEARTBEAT_WORKERS="1")
-    bridge.metrics()  # starts the worker's render process, which logs when it is ready
+    """gunicorn, its workers and the render process: one line format, one level."""
+    bridge = live_bridge(HEARTBEAT_LOG_LEVEL="debug", HEARTBEAT_WORKERS="1",
+                         HEARTBEAT_RENDER_PROCESS_FROM="0")
+    bridge.metrics()  # starts the host's render process, which logs when it is ready
     wait_until(lambda: "ready in" in bridge.log(), what="the render process's debug line")
     lines = [line for line in bridge.log().splitlines() if line.startswith("[")]
     assert lines and all(LOG_LINE.match(line) for line in lines), bridge.log()

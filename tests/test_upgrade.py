@@ -8,10 +8,12 @@ import sys
 import pytest
 import requests
 
-from bridge.app import create_app
+from bridge.asgi import BridgeASGI
 from bridge.auth import hash_token
+from bridge.state import build_state
 from bridge.store import SCHEMA_VERSION, open_store
 from bridge.store.sql import ALL_COLUMNS
+from tests.asgi_client import ServedApp
 from tests.fixtures.make_v010_fixtures import HERE, OWN_TOKEN, SERVERS, T0
 from tests.previous_release import v010_store
 from tests.tools import (
@@ -52,9 +54,10 @@ def upgraded(old_store, clock):
 
 @pytest.fixture
 def client(upgraded, old_store, clock):
-    app = create_app(make_settings(old_store), store=upgraded, clock=clock,
-                     rejection_flush_every=0)
-    return app.test_client()
+    app = ServedApp(BridgeASGI(build_state(make_settings(old_store), store=upgraded,
+                                           clock=clock, rejection_flush_every=0)))
+    yield app.test_client()
+    app.stop()
 
 
 def call(client, server_id, action="", headers=FLEET, method="post", json=None):
@@ -225,8 +228,8 @@ def test_serve_on_a_0_1_store_backs_it_up_migrates_it_and_says_so(live_bridge, t
     bridge = live_bridge(f"sqlite:///{tmp_path / 'old.db'}")
     (backup,) = tmp_path.glob("old.db.schema2-*.bak")
     log = bridge.log()
-    assert f"WARNING bridge: backed up the store to {backup} before migrating it\n" in log
-    assert f"WARNING bridge: migrating the store from schema 2 to {SCHEMA_VERSION}\n" in log
+    assert f"[WARNING] backed up the store to {backup} before migrating it\n" in log
+    assert f"[WARNING] migrating the store from schema 2 to {SCHEMA_VERSION}\n" in log
     assert "migrated the store from schema 2 to 3: 8 servers;" in log
     assert log.count("migrating the store") == 1  # by serve, before any worker starts
     # The window's host ends it early through the live bridge; the operator's pause holds.

@@ -327,6 +327,9 @@ class Store(Protocol):
     def list(self) -> "List[Server]":
         """Every server, by id."""
 
+    def count(self) -> int:
+        """How many servers there are (retired ones included): the fleet's size."""
+
     def list_unsettled(self, now: float, silent_intervals: float, default_interval: float
                        ) -> "Tuple[int, List[Server]]":
         """(count of all servers, a superset of those that may not be up at `now`), from one

@@ -227,6 +227,10 @@ class SQLStore:
     def list(self) -> List[Server]:
         return self.snapshot().servers
 
+    def count(self) -> int:
+        with self._transaction(write=False) as cur:
+            return int(_one(cur, "SELECT COUNT(*) FROM servers")[0])
+
     def list_unsettled(self, now: float, silent_intervals: float, default_interval: float
                        ) -> Tuple[int, List[Server]]:
         """(count of all servers, the Servers that may not be up at `now`), from one read.

@@ -5,7 +5,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Iterator
 
 from bridge.store import SCHEMA_VERSION, Clock, StoreUnavailableError, upgrade
 from bridge.store.batch import Batches
@@ -57,7 +57,7 @@ class SQLiteStore(Batches, SQLStore):
                 upgrade.back_up_sqlite(self._connection(), self.path, version)
         super().create_schema()
 
-    def _connection(self):
+    def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
@@ -72,7 +72,7 @@ class SQLiteStore(Batches, SQLStore):
         return conn
 
     @contextmanager
-    def _write_lock(self):
+    def _write_lock(self) -> Iterator[None]:
         """One writer at a time per process (threads), then per file (processes)."""
         with self._thread_lock:
             fd = self._local.lock_fd
@@ -83,14 +83,14 @@ class SQLiteStore(Batches, SQLStore):
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextmanager
-    def _translate_errors(self):
+    def _translate_errors(self) -> Iterator[None]:
         try:
             yield
         except sqlite3.OperationalError as exc:
             raise StoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
 
     @contextmanager
-    def _begin(self, write):
+    def _begin(self, write: bool) -> Iterator[sqlite3.Cursor]:
         """A transaction of its own on this thread's connection (see Batches)."""
         with self._translate_errors():
             conn = self._connection()

@@ -3,16 +3,16 @@
 Also, with the same tokens, what a host says about itself: `POST .../<id>/goodbye`
 (clean stop, back within a time, or retired) and `POST|DELETE .../<id>/maintenance`.
 
-The busiest endpoint by far, so it is a plain WSGI app mounted beside Flask (as
-/metrics is): Flask's request and response machinery cost about 170 us of the 240 us a
-beat took in-process, and this path needs none of it.
+The busiest endpoint by far, so it is served natively in the worker's event loop
+(bridge.asgi), not through Flask: Flask's request and response machinery cost about
+170 us of the 240 us a beat took in-process, and this path needs none of it.
 """
-import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from bridge import admin
-from bridge.errors import BridgeError, error_body, wsgi_answer
-from bridge.http_metrics import Observe
+from bridge.auth import Caller
+from bridge.errors import BridgeError, error_body
+from bridge.state import BridgeState
 from bridge.store import StoreUnavailableError
 from bridge.validate import (
     MAX_BODY_BYTES,
@@ -22,9 +22,6 @@ from bridge.validate import (
     parse_object,
 )
 from bridge.views import log
-
-if TYPE_CHECKING:
-    from bridge.app import BridgeState
 
 # (status, JSON body, extra headers)
 Answer = Tuple[int, Dict[str, Any], List[Tuple[str, str]]]
@@ -41,27 +38,13 @@ NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
 
 
 class BeatEndpoint:
-    """WSGI app for PREFIX/<server_id>[/]; the answer is sent only after the store commit."""
+    """The answers of PREFIX/<server_id>[/...] from plain values; bridge.asgi reads the
+    request in the event loop, runs handle() in the group commit, and sends the answer only
+    after the commit."""
 
-    def __init__(self, bridge_state: "BridgeState", observe: Observe) -> None:
+    def __init__(self, bridge_state: BridgeState) -> None:
         self.state = bridge_state
-        self.observe = observe  # observe(handler, code, seconds): request metrics
-
-    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]
-                 ) -> List[bytes]:
-        started = time.perf_counter()
-        server_id, action = _route(environ.get("PATH_INFO", ""))
-        try:
-            body = _read_body(environ)
-        except InvalidInputError as exc:
-            status, body, headers = self._reject(server_id, exc.reason, exc.status, exc.message)
-        else:
-            status, body, headers = self.handle(
-                environ["REQUEST_METHOD"], server_id, action,
-                environ.get("HTTP_AUTHORIZATION"), environ.get("CONTENT_TYPE"), body)
-        answer = wsgi_answer(start_response, status, body, headers)
-        self.observe(action or "beat", status, time.perf_counter() - started)
-        return answer
+        self.observe = bridge_state.observe  # observe(handler, code, seconds)
 
     def handle(self, method: str, server_id: str, action: str, authorization: Optional[str],
                content_type: Optional[str], body: bytes) -> Answer:
@@ -104,7 +87,8 @@ class BeatEndpoint:
         return self._reject(server_id, exc.reason, exc.status, NOT_RECORDED, exc.headers())
 
 
-    def _reject(self, server_id, reason, status, message, headers=()):
+    def _reject(self, server_id: str, reason: str, status: int, message: str,
+                headers: Iterable[Tuple[str, str]] = ()) -> Answer:
         self.state.rejections.add(reason)
         if reason == "enrolled":  # names the id HeartbeatEnrolmentConflict is about
             log.warning("the fleet token was refused for %r, which uses its own token: that "
@@ -112,21 +96,23 @@ class BeatEndpoint:
                         server_id[:128])
         else:
             log.debug("rejected beat for %r: %s", server_id[:128], reason)
-        headers = [*headers, *PRIVATE]
+        extra = [*headers, *PRIVATE]
         if status == 401:
-            headers.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
+            extra.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
         if status == 413:
-            headers.append(("Connection", "close"))  # the rest of the body is not read
-        return status, error_body(reason, message), headers
+            extra.append(("Connection", "close"))  # the rest of the body is not read
+        return status, error_body(reason, message), extra
 
 
-def _beat(hb, caller, server_id, body, content_type):
+def _beat(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+          content_type: Optional[str]) -> Dict[str, Any]:
     beat = parse_beat(body, content_type)
     received_at, interval = hb.store.record_beat(server_id, beat, hb.policy)
     return {"server_id": server_id, "received_at": received_at, "interval": interval}
 
 
-def _goodbye(hb, caller, server_id, body, content_type):
+def _goodbye(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+             content_type: Optional[str]) -> Dict[str, Any]:
     """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed.
     Retiring has no end (the server is forgotten after retention), so only the server's own
     token may: the fleet token could otherwise retire every id without a confirmed token,
@@ -142,7 +128,8 @@ def _goodbye(hb, caller, server_id, body, content_type):
             "retired": server.retired_at is not None}
 
 
-def _maintenance_start(hb, caller, server_id, body, content_type):
+def _maintenance_start(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+                       content_type: Optional[str]) -> Dict[str, Any]:
     data = parse_object(body, content_type)
     server = admin.host_maintenance(hb.store, server_id, hb.policy, hb.max_host_silence,
                                     duration=data.get("for"), until=data.get("until"),
@@ -151,7 +138,8 @@ def _maintenance_start(hb, caller, server_id, body, content_type):
             "reason": server.pause_reason}
 
 
-def _maintenance_end(hb, caller, server_id, body, content_type):
+def _maintenance_end(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+                     content_type: Optional[str]) -> Dict[str, Any]:
     admin.host_resume(hb.store, server_id, hb.policy)
     return {"server_id": server_id, "paused_until": None, "reason": None}
 
@@ -164,7 +152,7 @@ _ACTIONS = {
 }
 
 
-def _route(path):
+def route(path: str) -> Tuple[str, str]:
     """(server_id, action) of '/<id>[/]' or '/<id>/<action>[/]'; an unknown action leaves the
     whole path as the id, which then fails validation."""
     path = path[1:]
@@ -174,23 +162,5 @@ def _route(path):
     return (server_id, action) if action in _ACTIONS else (path, "")
 
 
-def _content_length(environ):
-    try:
-        return int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise InvalidInputError("invalid_request", "Content-Length is not a number") from None
-
-
-def _too_large():
+def _too_large() -> InvalidInputError:
     return InvalidInputError("body_too_large", f"the body is over {MAX_BODY_BYTES} bytes", 413)
-
-
-def _read_body(environ):
-    """Read at most MAX_BODY_BYTES + 1 bytes, so a chunked flood is cut off early (handle()
-    refuses what is longer than MAX_BODY_BYTES)."""
-    stream = environ.get("wsgi.input")
-    length = _content_length(environ)
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if stream is None or (not length and not chunked):
-        return b""
-    return stream.read(MAX_BODY_BYTES + 1 if chunked else min(length, MAX_BODY_BYTES + 1))
