@@ -6,6 +6,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from bridge.config import Settings
+from bridge.connections import describe_limit, raise_file_limit
 
 _settings = Settings.from_env()
 
@@ -56,6 +57,20 @@ class _NoRequestDetails(logging.Filter):
             record.args = tuple(type(a).__name__ if isinstance(a, Exception) else a
                                 for a in record.args)
         return True
+
+
+def on_starting(server: Any) -> None:
+    """Use the file limit the operator gave (the workers inherit it), and say what it allows:
+    each kept-alive agent holds a connection, one file descriptor (bridge/connections.py)."""
+    before, limit = raise_file_limit()
+    line = describe_limit(before, limit, _settings.pool_size, _settings.workers)
+    if _settings.worker_class != "uvicorn":
+        server.log.info("open-file limit %d per process (raised from %d)", limit, before)
+    elif limit < 4096:
+        server.log.warning("%s; raise it (LimitNOFILE=, ulimits) for a larger fleet "
+                           "(docs/scaling.md, Connections)", line)
+    else:
+        server.log.info("%s", line)
 
 
 def post_fork(server: Any, worker: Any) -> None:
