@@ -84,15 +84,16 @@ def once(port: int, raw: bytes, timeout: float = 10.0
 
 
 class Fleet:
-    """Kept-alive agents: connect(n) adds n, each beating once; then they stay idle."""
+    """Kept-alive agents: connect(n) adds n, each beating once; then they stay idle. Their
+    server ids are `prefix`-`first` and up, in the order they connect."""
 
-    def __init__(self, port: int, token: str, prefix: str = "agent") -> None:
+    def __init__(self, port: int, token: str, prefix: str = "agent", first: int = 0) -> None:
         self.port, self.token, self.prefix = port, token, prefix
         self.selector = selectors.DefaultSelector()
         self.idle: Dict[socket.socket, str] = {}  # answered, kept alive: their server ids
         self.outcomes: Counter = Counter()  # of the connecting beats
         self.lost = 0  # idle connections the bridge closed since
-        self._made = 0
+        self._made = first
         self._ids: Dict[socket.socket, str] = {}
 
     def connect(self, count: int, window: int = 200, time_limit: float = 120.0) -> Counter:
@@ -136,8 +137,8 @@ class Fleet:
         self.selector.close()
 
     def _open(self) -> Union[socket.socket, str]:
-        self._made += 1
         server_id = f"{self.prefix}-{self._made}"
+        self._made += 1
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         code = sock.connect_ex(("127.0.0.1", self.port))
