@@ -31,11 +31,12 @@ def raise_own_limit(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def beat_request(server_id: str, token: str) -> bytes:
-    """An agent's beat, kept alive (HTTP/1.1)."""
+def beat_request(server_id: str, token: str, close: bool = False) -> bytes:
+    """An agent's beat, kept alive (HTTP/1.1) unless `close`."""
     return (f"POST /api/heartbeat/{server_id}/ HTTP/1.1\r\nHost: bridge\r\n"
             f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 2\r\n\r\n{{}}").encode()
+            + ("Connection: close\r\n" if close else "")
+            + "Content-Length: 2\r\n\r\n{}").encode()
 
 
 def get_request(path: str) -> bytes:
@@ -87,8 +88,9 @@ class Fleet:
     """Kept-alive agents: connect(n) adds n, each beating once; then they stay idle. Their
     server ids are `prefix`-`first` and up, in the order they connect."""
 
-    def __init__(self, port: int, token: str, prefix: str = "agent", first: int = 0) -> None:
-        self.port, self.token, self.prefix = port, token, prefix
+    def __init__(self, port: int, token: str, prefix: str = "agent", first: int = 0,
+                 keep: bool = True) -> None:
+        self.port, self.token, self.prefix, self.keep = port, token, prefix, keep
         self.selector = selectors.DefaultSelector()
         self.idle: Dict[socket.socket, str] = {}  # answered, kept alive: their server ids
         self.outcomes: Counter = Counter()  # of the connecting beats
@@ -145,7 +147,8 @@ class Fleet:
         if code not in (0, errno.EINPROGRESS):
             sock.close()
             return "refused" if code == errno.ECONNREFUSED else "reset"
-        self.selector.register(sock, selectors.EVENT_WRITE, beat_request(server_id, self.token))
+        self.selector.register(sock, selectors.EVENT_WRITE, beat_request(server_id, self.token,
+                                                                 close=not self.keep))
         self._ids[sock] = server_id
         return sock
 

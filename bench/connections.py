@@ -66,15 +66,23 @@ class Fleets:
             child.start()
             self.links.append((child, mine))
 
-    def connect(self, time_limit: float) -> Counter:
+    def connect(self, time_limit: float, command: str = "connect") -> Counter:
+        """Each agent beats on a new connection, kept alive (or closed after: "warm")."""
         for _, link in self.links:
-            link.send(("connect", time_limit))
+            link.send((command, time_limit))
         return sum((link.recv() for _, link in self.links), Counter())
 
     def alive(self) -> int:
         for _, link in self.links:
             link.send(("alive", None))
         return sum(link.recv() for _, link in self.links)
+
+    def disconnect(self) -> None:
+        """Close every agent's connection; the client processes stay for connect()."""
+        for _, link in self.links:
+            link.send(("disconnect", None))
+        for _, link in self.links:
+            link.recv()
 
     def close(self) -> None:
         for child, link in self.links:
@@ -90,11 +98,16 @@ def _hold(link: Any, port: int, first: int, count: int) -> None:
     fleet = Fleet(port, TOKEN, prefix="srv", first=first)
     while True:
         command, arg = link.recv()
-        if command == "connect":
+        if command in ("connect", "warm"):  # the same agents, again if connected before
+            fleet.close()
+            fleet = Fleet(port, TOKEN, prefix="srv", first=first, keep=command == "connect")
             # a window per process: the processes together keep about 100 connecting
             link.send(fleet.connect(count, window=25, time_limit=arg))
         elif command == "alive":
             link.send(fleet.alive())
+        elif command == "disconnect":
+            fleet.close()
+            link.send(None)
         else:
             fleet.close()
             return
@@ -137,6 +150,9 @@ def run(workdir: str, source: Path, soft: int, hard: int, agents: int, beats: in
     out: Dict[str, Any] = {}
     fleet = Fleets(bridge.port, agents)
     try:
+        # What the bridge keeps per server it has heard from, before any kept-alive
+        # connection: one beat from every agent, each connection closed after its answer.
+        out["warm"] = fleet.connect(time_limit, "warm")
         # Every worker's render process up, as in use (each scrape lands on one worker).
         for _ in range(24):
             requests.get(bridge.url + "/metrics", timeout=30, headers={"Connection": "close"})
@@ -157,14 +173,16 @@ def run(workdir: str, source: Path, soft: int, hard: int, agents: int, beats: in
         out["alive"] = fleet.alive()
         out["memory idle"] = memory(bridge.pids())
         out["metrics"] = connection_metrics(bridge.url)
-        fleet.close()
-        try:
-            wait_until(lambda: connection_metrics(bridge.url)["open"] < 10, timeout=30,
-                       what="connections closed")
-        except AssertionError:
-            pass
-        time.sleep(5)
-        out["memory after"] = memory(bridge.pids())
+        fleet.disconnect()
+        out["memory after"] = _after_close(bridge)
+        # Again with the same agents: their servers' state is in the bridge already, so
+        # what the connections add and keep is theirs alone.
+        fleet.connect(time_limit)
+        time.sleep(2)
+        out["alive again"] = fleet.alive()
+        out["memory idle again"] = memory(bridge.pids())
+        fleet.disconnect()
+        out["memory after again"] = _after_close(bridge)
         log = bridge.process.log()
         out["start line"] = next((line.split("] ", 2)[-1] for line in log.splitlines()
                                   if "open-file limit" in line), "(none)")
@@ -175,6 +193,17 @@ def run(workdir: str, source: Path, soft: int, hard: int, agents: int, beats: in
         fleet.close()
         bridge.stop()
     return out
+
+
+def _after_close(bridge: LimitedBridge) -> Tuple[int, int]:
+    """The bridge's memory once the connections closed (none counted open), and 5 s more."""
+    try:
+        wait_until(lambda: connection_metrics(bridge.url)["open"] < 10, timeout=30,
+                   what="connections closed")
+    except AssertionError:
+        pass  # a bridge without the connection gauges (an older revision)
+    time.sleep(5)
+    return memory(bridge.pids())
 
 
 def _mb(value: int) -> str:
@@ -192,20 +221,29 @@ def report(rows: List[Tuple[str, int, int, int, Dict[str, Any]]], source: str,
     for name, soft, hard, agents, r in rows:
         m = r["metrics"]
         lines.append(
-            f"| {name} ({soft}:{hard}) | {agents} | {dict(r['connect'])} in "
+            f"| {name} ({soft}:{hard}) | {agents} | {dict(r['warm'])} closed, "
+            f"{dict(r['connect'])} kept alive in "
             f"{r['connect seconds']:.1f} s | {r['alive']} | {dict(r['new'])} | "
             f"{r['p50'] * 1000:.1f} / {r['p99'] * 1000:.1f} | {m['open']:.0f} / "
             f"{m['limit']:.0f} | {m['shed idle']:.0f} / {m['shed refused']:.0f} | "
             f"{r['warnings']} |")
-    lines += ["", "Memory of all the bridge's processes, PSS / RSS in MB:", "",
-              "| limit | agents | before | with the agents idle | per idle connection "
-              "(PSS) | after they closed |", "|---|---|---|---|---|---|"]
+    lines += ["", "Memory of all the bridge's processes, PSS / RSS in MB, after every agent "
+              "beat once on a connection closed after its answer (what the bridge keeps per "
+              "server is in 'before'); then the agents kept alive, closed, and kept alive "
+              "again:", "",
+              "| limit | agents | before | agents idle | per idle connection (PSS) | after "
+              "they closed | again: idle | per idle connection (PSS) | after they closed |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, soft, hard, agents, r in rows:
         before, idle, after = r["memory before"], r["memory idle"], r["memory after"]
+        again, after2 = r["memory idle again"], r["memory after again"]
         per = (idle[0] - before[0]) / max(1, r["alive"])
+        per2 = (again[0] - after[0]) / max(1, r["alive again"])
         lines.append(f"| {soft}:{hard} | {agents} | {_mb(before[0])} / {_mb(before[1])} | "
                      f"{_mb(idle[0])} / {_mb(idle[1])} | {per / 1000:.1f} kB | "
-                     f"{_mb(after[0])} / {_mb(after[1])} |")
+                     f"{_mb(after[0])} / {_mb(after[1])} | {_mb(again[0])} / "
+                     f"{_mb(again[1])} | {per2 / 1000:.1f} kB | {_mb(after2[0])} / "
+                     f"{_mb(after2[1])} |")
     lines += ["", "Log, per run:", ""]
     for name, soft, hard, agents, r in rows:
         lines += [f"- {soft}:{hard}, {agents}: `{r['start line']}`; first shedding warning: "
