@@ -109,12 +109,13 @@ class TimedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.timeout_keep_alive_task is None or self.transport.is_closing():
             return  # closing, or the next pipelined request runs
-        # Kept alive between requests: what the answered request held is not needed until
-        # the next one (a few kB per connection, times thousands of idle agents); nor is
-        # the parser (0.9 kB) unless bytes of the next request came in already.
+        if self._phase != "idle":
+            return  # bytes of the next request came in already: its scope is being read
+        # Kept alive between requests: what the answered request held, and the parser
+        # (0.9 kB), are not needed until the next one (a few kB per connection, times
+        # thousands of idle agents).
         self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
-        if self._phase == "idle":
-            self.parser = None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]
         if self.worker_connections is not None:
             self.worker_connections.idle(self)
 

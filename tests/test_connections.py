@@ -10,7 +10,7 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry
 
-from bench.agents import Fleet, beat_request, get_request, once, raise_own_limit
+from bench.agents import Fleet, beat_request, get_request, once, parse_answer, raise_own_limit
 from bridge.config import Settings
 from bridge.connections import ConnectionMetrics, Connections, connection_bound
 from tests.tools import FLEET_TOKEN, Bridge, FakeClock, require_binary, total, wait_until
@@ -217,3 +217,26 @@ def still_connected(fleet):
 
 def socket_to(port):
     return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_a_request_begun_before_the_last_answer_is_read_whole(tmp_path, bridges):
+    """What an idle connection lets go (scope, headers, parser) is let go only when nothing
+    of the next request has arrived yet."""
+    bridge = start(bridges, LimitedBridge(tmp_path, 1024, 1024, HEARTBEAT_WORKERS="1"))
+    first, second = beat_request("pipe-1", FLEET_TOKEN), beat_request("pipe-2", FLEET_TOKEN)
+    with socket_to(bridge.port) as sock:
+        sock.sendall(first + second[:40])  # the second's request line begun, in one write
+        assert read_answer(sock, b"")[0] == 200
+        sock.sendall(second[40:])
+        assert read_answer(sock, b"")[0] == 200
+        sock.sendall(beat_request("pipe-3", FLEET_TOKEN))  # and the connection still serves
+        assert read_answer(sock, b"")[0] == 200
+
+
+def read_answer(sock, data):
+    """(status, headers, body) of the next answer on `sock`."""
+    while parse_answer(data) is None:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return parse_answer(data)
