@@ -30,8 +30,6 @@ NR_OPEN = "/proc/sys/fs/nr_open"
 IDLE, REFUSED = "idle", "refused"
 # Answered even by a worker at its bound: what probes and Prometheus ask.
 ALWAYS_ANSWERED = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
 # A burst of at least this many connections that then halves gives freed memory back.
 RELEASE_AFTER = 1000
 
