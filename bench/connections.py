@@ -134,7 +134,12 @@ def _field(path: str, name: str) -> int:
 
 
 def connection_metrics(url: str) -> Dict[str, float]:
-    text = requests.get(url + "/metrics", timeout=30).text
+    """The connection families of one scrape; NaN each when /metrics was not answered (a
+    bridge past its file limit resets new connections, scrapes included)."""
+    try:
+        text = requests.get(url + "/metrics", timeout=30).text
+    except requests.RequestException:
+        return dict.fromkeys(("open", "limit", "shed idle", "shed refused"), float("nan"))
     return {"open": total(text, "heartbeat_bridge_connections_open"),
             "limit": total(text, "heartbeat_bridge_connections_limit"),
             "shed idle": total(text, "heartbeat_bridge_connections_shed_total", reason="idle"),
@@ -197,7 +202,7 @@ def run(workdir: str, source: Path, soft: int, hard: int, agents: int, beats: in
 
 def _after_close(bridge: LimitedBridge) -> Tuple[int, int]:
     """The bridge's memory once the connections closed (none counted open), and 5 s more."""
-    try:
+    try:  # NaN < 10 is false: an unanswered scrape is asked again
         wait_until(lambda: connection_metrics(bridge.url)["open"] < 10, timeout=30,
                    what="connections closed")
     except AssertionError:
@@ -220,13 +225,14 @@ def report(rows: List[Tuple[str, int, int, int, Dict[str, Any]]], source: str,
              "|---|---|---|---|---|---|---|---|---|"]
     for name, soft, hard, agents, r in rows:
         m = r["metrics"]
+        seen = (f"{m['open']:.0f} / {m['limit']:.0f} | {m['shed idle']:.0f} / "
+                f"{m['shed refused']:.0f}") if m["open"] == m["open"] else (
+                "/metrics unanswered | /metrics unanswered")
         lines.append(
             f"| {name} ({soft}:{hard}) | {agents} | {dict(r['warm'])} closed, "
             f"{dict(r['connect'])} kept alive in "
             f"{r['connect seconds']:.1f} s | {r['alive']} | {dict(r['new'])} | "
-            f"{r['p50'] * 1000:.1f} / {r['p99'] * 1000:.1f} | {m['open']:.0f} / "
-            f"{m['limit']:.0f} | {m['shed idle']:.0f} / {m['shed refused']:.0f} | "
-            f"{r['warnings']} |")
+            f"{r['p50'] * 1000:.1f} / {r['p99'] * 1000:.1f} | {seen} | {r['warnings']} |")
     lines += ["", "Memory of all the bridge's processes, PSS / RSS in MB, after every agent "
               "beat once on a connection closed after its answer (what the bridge keeps per "
               "server is in 'before'); then the agents kept alive, closed, and kept alive "
