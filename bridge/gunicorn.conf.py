@@ -59,9 +59,10 @@ class _NoRequestDetails(logging.Filter):
         return True
 
 
-def on_starting(server: Any) -> None:
-    """Use the file limit the operator gave (the workers inherit it), and say what it allows:
-    each kept-alive agent holds a connection, one file descriptor (bridge/connections.py)."""
+def when_ready(server: Any) -> None:
+    """Before the first worker forks: use the file limit the operator gave (the workers
+    inherit it), and say what it allows: each kept-alive agent holds a connection, one file
+    descriptor (bridge/connections.py)."""
     before, limit = raise_file_limit()
     line = describe_limit(before, limit, _settings.pool_size, _settings.workers)
     if _settings.worker_class != "uvicorn":
