@@ -7,6 +7,7 @@ from prometheus_client import multiprocess
 
 from bridge import render
 from bridge.config import Settings
+from bridge.connections import describe_limit, raise_file_limit
 
 _settings = Settings.from_env()
 
@@ -68,6 +69,19 @@ class _BindAddress(logging.Filter):
 
 def on_starting(server: Any) -> None:
     server.log.error_log.addFilter(_BindAddress())
+
+
+def when_ready(server: Any) -> None:
+    """Before the first worker forks: use the file limit the operator gave (the workers
+    inherit it), and say what it allows: each kept-alive agent holds a connection, one file
+    descriptor (bridge/connections.py)."""
+    before, limit = raise_file_limit()
+    line = describe_limit(before, limit, _settings.pool_size, _settings.workers)
+    if limit < 4096:
+        server.log.warning("%s; raise it (LimitNOFILE=, ulimits) for a larger fleet "
+                           "(docs/scaling.md, Connections)", line)
+    else:
+        server.log.info("%s", line)
 
 
 def post_fork(server: Any, worker: Any) -> None:
