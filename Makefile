@@ -11,7 +11,7 @@ DEB_TOOLS := prometheus:prometheus promtool:prometheus \
              prometheus-pushgateway:prometheus-pushgateway wrk:wrk chromium:chromium \
              openssl:openssl haproxy:haproxy kubectl:kubectl
 
-.PHONY: run test test-fast install install-test install-bench deb-deps postgres bench lint clean kubernetes
+.PHONY: run test test-fast install install-postgres install-test install-bench deb-deps postgres bench lint clean kubernetes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +21,21 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# PostgreSQL's driver, the `postgres` extra (pip install 'heartbeat-bridge[postgres]')
+$(VENV)/.installed-postgres: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[postgres]'
+	touch $@ $(VENV)/.installed
+
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-postgres
 
 $(VENV)/.installed-bench: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[bench]'
-	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed $(VENV)/.installed-postgres
 
 install: $(VENV)/.installed
+install-postgres: $(VENV)/.installed-postgres
 install-test: $(VENV)/.installed-test
 install-bench: $(VENV)/.installed-bench
 

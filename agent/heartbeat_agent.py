@@ -37,7 +37,7 @@ finally:
     if _SSL_ABSENT:
         del sys.modules["ssl"]
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 DEFAULT_CONFIG = "/etc/heartbeat-agent.conf"
 DEFAULT_STATE_DIR = "/var/lib/heartbeat-agent"
 MAX_PAYLOAD = 200

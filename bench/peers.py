@@ -259,10 +259,12 @@ class FloorPeer(BridgePeer):
 
     def start(self):
         env = self._env()
-        # The threaded worker: a WSGI app, and the ceiling the bridge had before its loop.
-        env.update(HEARTBEAT_BIND=f"127.0.0.1:{self.port}", HEARTBEAT_WORKER_CLASS="gthread")
+        # The threaded worker (4 x 4, as the bridge before its loop): a WSGI app, and the
+        # ceiling the bridge had before its loop; the command line overrides the config's.
+        env.update(HEARTBEAT_BIND=f"127.0.0.1:{self.port}")
         conf = self.source / "bridge" / "gunicorn.conf.py"
         self._start([sys.executable, "-m", "gunicorn", "--config", str(conf),
+                     "--worker-class", "gthread", "--workers", "4", "--threads", "4",
                      "bench.floor_app:app"], env=env, cwd=self.source)
         self.wait_for_workers()
         return self

@@ -121,19 +121,21 @@ def wrk_with_cpu(peer, n, opts, close, **extra_env):
     return result
 
 
-def paced(peer, n, opts, max_rps):
-    """New connection per beat at about rate_fraction of max_rps, then its latency.
+def paced(peer, n, opts, max_rps, close=True):
+    """Beats at about rate_fraction of max_rps (a new connection per beat unless `close` is
+    false), then their latency; beats_total counts the accepted beats of every attempt.
 
     wrk waits DELAY_MS after each answer on each connection, so the rate is
     connections / (delay + latency); one calibration run corrects for the latency.
     """
     target = max(1.0, opts.rate_fraction * max_rps)
     period_ms = 1000.0 * opts.connections / target
-    delay = max(1, round(period_ms))
+    delay, beats_total = max(1, round(period_ms)), 0
     for _attempt in range(opts.paced_attempts):
         result = wrk.run_wrk(peer.url, peer.script, opts.duration,
-                             env=dict(peer.wrk_env(n, True), DELAY_MS=delay),
+                             env=dict(peer.wrk_env(n, close), DELAY_MS=delay),
                              connections=opts.connections, threads=opts.threads)
+        beats_total += result["requests"] - result["non_2xx"]
         if result["rps"] <= 0 or abs(result["rps"] - target) <= 0.1 * target:
             break
         latency_ms = max(0.0, 1000.0 * opts.connections / result["rps"] - delay)
@@ -141,7 +143,8 @@ def paced(peer, n, opts, max_rps):
         if new_delay == delay:
             break
         delay = new_delay
-    return dict(result, target_rps=target, achieved_rps=result["rps"], delay_ms=delay)
+    return dict(result, target_rps=target, achieved_rps=result["rps"], delay_ms=delay,
+                beats_total=beats_total)
 
 
 def paced_while_scraped(peer, n, opts, delay_ms, every=1.0):

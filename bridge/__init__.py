@@ -1,2 +1,2 @@
 """heartbeat-bridge: HTTP heartbeats from a fleet of servers, exposed to Prometheus."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -5,7 +5,7 @@ one store call and returns the result; errors are InvalidInputError or the store
 """
 from typing import Any, Dict, List, Optional, Protocol, Tuple
 
-from bridge.auth import hash_token, new_token
+from bridge.auth import enrolled_error, hash_token, new_token
 from bridge.config import Settings
 from bridge.store import BeatPolicy, Server, Store
 from bridge.validate import (
@@ -190,11 +190,15 @@ def remove(store: Store, server_id: Any) -> None:
     store.remove(check_server_id(server_id))
 
 
-def enrol(store: Store, server_id: str) -> str:
+def enrol(store: Store, server_id: str, keep_pending_for: float) -> str:
     """A fresh token for a server that asked with the fleet token; unconfirmed until used.
-    Returns the token (only its hash is kept)."""
+    A token issued before and not yet used stays valid `keep_pending_for` s more, so a
+    fleet-token request racing a host's first use of its token never locks the host out.
+    Returns the token (only its hash is kept); AuthError 'enrolled' if the server's own
+    token was confirmed meanwhile."""
     token = new_token()
-    store.set_token(server_id, hash_token(token), confirmed=False)
+    if not store.enrol(server_id, hash_token(token), keep_pending_for):
+        raise enrolled_error()
     return token
 
 

@@ -19,6 +19,12 @@ class AuthError(InvalidInputError):
         super().__init__(reason, message, 401)
 
 
+def enrolled_error() -> AuthError:
+    """The fleet token, for a server whose own token was used."""
+    return AuthError("enrolled", "this server has its own token; the fleet token only enrols "
+                                 "servers that have none")
+
+
 def hash_token(token: str) -> str:
     """Tokens are high-entropy random strings, so one SHA-256 is the right cost."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -87,8 +93,9 @@ class Authenticator:
         """The Caller a beat, goodbye or maintenance request speaks as; raise AuthError
         otherwise (reason 'enrolled' for the fleet token on a server with its own token).
 
-        Every token takes the same path (one store read, comparisons against real or dummy
-        hashes), so timing tells a guesser nothing.
+        The store read locks the server's row, so inside a batch the decision holds until
+        it commits. Every token takes the same path (one store read, comparisons against
+        real or dummy hashes), so timing tells a guesser nothing.
         """
         token = bearer_token(header)
         if token is None:
@@ -99,13 +106,11 @@ class Authenticator:
         credentials = store.credentials(server_id)
         if _matches(presented, self.fleet_hashes):
             if self.enrolment and credentials.confirmed:
-                raise AuthError("enrolled", "this server has its own token; the fleet token "
-                                            "only enrols servers that have none")
+                raise enrolled_error()
             return Caller("fleet")
         if _matches(presented, credentials.hashes or [_DUMMY_HASH]):
-            current = hmac.compare_digest(presented, credentials.hashes[0])
-            return Caller("server", presented,
-                          confirm=current and not credentials.confirmed)
+            # Unconfirmed, every valid token is one issued on enrolment: the first used wins.
+            return Caller("server", presented, confirm=not credentials.confirmed)
         if self.allow_unauthenticated:
             return Caller("open")
         raise AuthError("invalid_token", "the token is not valid for this server")

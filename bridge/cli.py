@@ -3,19 +3,19 @@ bridge's admin API with --url (HEARTBEAT_URL)."""
 import argparse
 import datetime
 import json
-import logging
 import os
 import sys
 import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from bridge import __version__, admin
+from bridge import __version__, admin, logs
+from bridge.arguments import QuietParser
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
 from bridge.serving import last_beat
-from bridge.store import Store, StoreUnavailableError
+from bridge.store import Store, StoreUnavailableError, database_kind, sqlite_path
 from bridge.validate import InvalidInputError
 
 GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
@@ -54,7 +54,8 @@ def _with(settings: Settings, **changes: Any) -> Settings:
 
 def _store(settings: Settings) -> Store:
     from bridge.store import open_store
-    return open_store(settings.database_url, pool_size=1)
+    return open_store(settings.database_url, pool_size=1,
+                      max_host_silence=settings.max_host_silence_hours * 3600.0)
 
 
 def _remote(args: argparse.Namespace, settings: Settings) -> Settings:
@@ -86,7 +87,7 @@ def _admin(args: argparse.Namespace, settings: Settings) -> admin.Admin:
 # -- serve -----------------------------------------------------------------------------------
 def serve(args: argparse.Namespace, settings: Settings) -> None:
     """Exec gunicorn with the project's config; every worker reads the same settings."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level)
     if settings.allow_unauthenticated:
         print("WARNING: HEARTBEAT_ALLOW_UNAUTHENTICATED is on: anyone who can reach "
               f"{settings.bind} can send beats for any server id.", file=sys.stderr)
@@ -107,9 +108,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     # that restarts alone must not excuse silence the other workers heard.
     env["HEARTBEAT_STARTED_AT"] = repr(store.clock())
     env["HEARTBEAT_HEARD_UNTIL"] = repr(heard_until or 0.0)
-    app = ("bridge.asgi:create_asgi_app()" if settings.worker_class == "uvicorn"
-           else "bridge.app:create_app()")
-    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF, app]
+    # The host's render process listens there (bridge/render.py).
+    env["HEARTBEAT_RUN_DIR"] = tempfile.mkdtemp(prefix="heartbeat-bridge-run-")
+    argv = [sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONF,
+            "bridge.asgi:create_asgi_app()"]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
@@ -132,11 +134,28 @@ def healthcheck(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
-def check_config(args: argparse.Namespace, settings: Settings) -> None:
+def check_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the settings, the store's schema and what `serve` would do with it; exit 1 if
+    serve would refuse the store. Changes nothing: no file, table or row is created."""
+    from bridge.store import SCHEMA_VERSION
+    from bridge.store.upgrade import connected_releases, plan, stored_version
     for name, value in settings.describe().items():
         print(f"{name} = {value}")
-    _store(settings).ping()
-    print("store: reachable")
+    url = settings.database_url
+    version = stored_version(url)
+    path = sqlite_path(url)
+    if version is None and path:
+        print(f"store: {os.path.abspath(path)} does not exist yet")
+    else:
+        print("store: reachable")
+    print(f"store schema: {'none yet' if version is None else version} "
+          f"(this bridge: {SCHEMA_VERSION})")
+    print(f"serve would: {plan(version, url)}")
+    for name, count in connected_releases(url):
+        older = " (a release before 0.2: its writes are refused once the schema is 3)" if (
+            name == "heartbeat-bridge") else ""
+        print(f"connected: {name}, {count} connection{'s' if count > 1 else ''}{older}")
+    return 1 if version is not None and version > SCHEMA_VERSION else 0
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -245,25 +264,23 @@ def tokens_revoke(args: argparse.Namespace, settings: Settings) -> None:
 # -- migrate ---------------------------------------------------------------------------------
 def migrate(args: argparse.Namespace, settings: Settings) -> None:
     """Copy every server and counter from a SQLite file into PostgreSQL; safe to re-run."""
-    from bridge.store import open_store
-    path = args.source[len("sqlite:///"):] if args.source.startswith("sqlite:///") else ""
+    from bridge.store import open_store, require_postgres_driver
+    path = sqlite_path(args.source)
     if not path or not os.path.isfile(path):
         raise ConfigError(f"--from: expected sqlite:///PATH of an existing file, "
                           f"got {args.source!r}")
-    if not args.target.startswith(("postgresql://", "postgres://")):
+    if database_kind(args.target) != "postgresql":
         raise ConfigError(f"--to: expected postgresql://..., got {args.target!r}")
-    try:
-        from psycopg import ProgrammingError
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:
-        raise ConfigError("PostgreSQL support is not installed: "
-                          "pip install 'heartbeat-bridge[postgres]'") from None
+    require_postgres_driver()
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
     try:
         conninfo_to_dict(args.target)
     except ProgrammingError as exc:
         raise ConfigError(f"--to: unusable URL: {str(exc).strip()}") from None
-    source = open_store(args.source)
-    target = open_store(args.target, pool_size=1)
+    bound = settings.max_host_silence_hours * 3600.0  # for a source still at schema 2
+    source = open_store(args.source, max_host_silence=bound)
+    target = open_store(args.target, pool_size=1, max_host_silence=bound)
     try:
         rows, rejected = source.export_rows()
         _, already = target.export_rows()
@@ -296,8 +313,7 @@ def _labels(pairs: Optional[List[str]]) -> Dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     # No abbreviations: `--admin-token SECRET` must not pass for --admin-token-file.
-    parser = argparse.ArgumentParser(prog="heartbeat-bridge", description=__doc__,
-                                     allow_abbrev=False)
+    parser = QuietParser(prog="heartbeat-bridge", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"heartbeat-bridge {__version__}")
     parser.add_argument("--database-url", help="overrides HEARTBEAT_DATABASE_URL")
     parser.add_argument("--url", help="manage the bridge at this URL through its admin API "
@@ -314,7 +330,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command(sub, "serve", serve, "run the bridge under gunicorn (settings from HEARTBEAT_*)")
-    command(sub, "check-config", check_config, "print the settings and check the store")
+    command(sub, "check-config", check_config, "print the settings, the store's schema and "
+            "what serve would do with it (changes nothing)")
     p = command(sub, "healthcheck", healthcheck, "ask the local bridge's /healthz (exit 0 if ok)")
     p.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
     p.add_argument("--timeout", type=float, default=3.0)

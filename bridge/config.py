@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+from bridge.cpus import default_workers
 from bridge.store import BeatPolicy, database_kind
 
 DEFAULT_DATABASE_URL = "sqlite:///var/heartbeat.db"
@@ -26,11 +27,10 @@ class Settings:
     admin_token: str = ""
     allow_unauthenticated: bool = False
     auto_register: bool = BeatPolicy.auto_register
-    workers: int = 4
+    workers: int = 2  # from the environment: one per available CPU (bridge.cpus)
     threads: int = 4
     timeout: int = 30
     keepalive: int = 75
-    worker_class: str = "uvicorn"
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     trusted_proxies: tuple = ()
@@ -55,6 +55,8 @@ class Settings:
     metric_set: str = "lean"
     started_at: float = 0.0
     heard_until: float = 0.0
+    render_process_from: int = 20000
+    run_dir: str = ""
     # The CLI only: manage the bridge at this URL through its admin API instead of the store.
     url: str = ""
 
@@ -63,6 +65,9 @@ class Settings:
         """Read HEARTBEAT_* variables; raise ConfigError naming the first bad one."""
         env = os.environ if environ is None else environ
         reader = _Reader(env)
+        if (env.get("HEARTBEAT_WORKER_CLASS") or "uvicorn") != "uvicorn":
+            raise ConfigError("HEARTBEAT_WORKER_CLASS: the threaded worker (gthread) was "
+                              "removed; every worker is an event loop: unset it")
         settings = cls(
             bind=reader.bind("HEARTBEAT_BIND", cls.bind),
             database_url=reader.database_url("HEARTBEAT_DATABASE_URL", cls.database_url),
@@ -71,15 +76,12 @@ class Settings:
             allow_unauthenticated=reader.boolean("HEARTBEAT_ALLOW_UNAUTHENTICATED",
                                                  cls.allow_unauthenticated),
             auto_register=reader.boolean("HEARTBEAT_AUTO_REGISTER", cls.auto_register),
-            workers=reader.integer("HEARTBEAT_WORKERS", cls.workers, 1, 64),
+            # One event loop per CPU this process may use (affinity, cgroup quota), at most 8.
+            workers=reader.integer("HEARTBEAT_WORKERS", default_workers(), 1, 64),
             threads=reader.integer("HEARTBEAT_THREADS", cls.threads, 1, 64),
             timeout=reader.integer("HEARTBEAT_TIMEOUT", cls.timeout, 1, 3600),
             # Above the default interval, so a 30 s agent reuses its connection.
             keepalive=reader.integer("HEARTBEAT_KEEPALIVE", cls.keepalive, 0, 3600),
-            # uvicorn: an event loop per worker (beats in the loop, Flask in threads);
-            # gthread: the threaded worker of earlier versions, kept for comparison.
-            worker_class=reader.choice("HEARTBEAT_WORKER_CLASS", cls.worker_class,
-                                       ("uvicorn", "gthread")),
             # A client must send its request line and headers, then its body, within these.
             header_timeout=reader.number("HEARTBEAT_HEADER_TIMEOUT", cls.header_timeout,
                                          0.1, 300.0),
@@ -123,8 +125,10 @@ class Settings:
             pool_size=reader.integer("HEARTBEAT_DB_POOL_SIZE", cls.pool_size, 1, 100),
             # Set by `heartbeat-bridge serve` so gunicorn workers share request metrics.
             metrics_multiproc_dir=reader.raw("PROMETHEUS_MULTIPROC_DIR") or "",
-            # Under `serve`, /metrics and /api/status are computed in a render process per
-            # worker (bridge.render), never in the worker that answers beats.
+            # Under `serve`, /metrics and /api/status of a fleet of render_process_from
+            # servers or more are computed in the host's one render process
+            # (bridge.render), never in a worker that answers beats; a smaller fleet's in a
+            # thread of the worker (bridge.renderer).
             render_process=reader.boolean("HEARTBEAT_RENDER_PROCESS", cls.render_process),
             # lean: at most 4 series a server, what the shipped rules and dashboard need;
             # full: also the counters, flags and agent facts (docs/metrics.md).
@@ -133,19 +137,25 @@ class Settings:
             started_at=reader.number("HEARTBEAT_STARTED_AT", cls.started_at, 0.0, 1e11),
             # Set by `heartbeat-bridge serve`: the last beat the store held at that start.
             heard_until=reader.number("HEARTBEAT_HEARD_UNTIL", cls.heard_until, 0.0, 1e11),
+            render_process_from=reader.integer("HEARTBEAT_RENDER_PROCESS_FROM",
+                                               cls.render_process_from, 0, 10_000_000),
+            # Set by `heartbeat-bridge serve`: where the render process's socket lives.
+            run_dir=reader.raw("HEARTBEAT_RUN_DIR") or "",
             url=reader.url("HEARTBEAT_URL"),
         )
         return settings
 
     def describe(self) -> Dict[str, object]:
-        """Settings as printable pairs, secrets masked."""
+        """Settings as printable pairs, secrets masked (passwords in URLs too)."""
         secret = {"fleet_tokens", "admin_token", "status_token"}
-        out = {}
+        out: Dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in secret:
                 value = f"<{len(value)} set>" if f.name == "fleet_tokens" else (
                     "<set>" if value else "<unset>")
+            elif f.name in ("database_url", "url"):
+                value = mask_url(value)
             out[f.name] = value
         return out
 
@@ -219,7 +229,8 @@ class _Reader:
         value = self.raw(name) or default
         if database_kind(value):
             return value
-        raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., got {value!r}")
+        raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., "
+                          f"got {mask_url(value)!r}")
 
     def addresses(self, name: str) -> Tuple[str, ...]:
         """Comma-separated IP addresses or networks (CIDR), or `*` for any peer."""
@@ -264,18 +275,33 @@ class _Reader:
 
 def read_secret_file(path: str, name: str) -> str:
     """The stripped contents of a secret file; ConfigError naming `name` if unreadable or empty."""
+    # A name without a '/' may be a token typed where its file's path belongs: not repeated.
+    shown = repr(path) if "/" in path else "the file named (not shown: no '/' in it)"
     try:
         with open(path, encoding="utf-8") as handle:
             value = handle.read().strip()
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+        raise ConfigError(f"{name}: cannot read {shown}: {exc.strerror}") from None
     if not value:
-        raise ConfigError(f"{name}: {path!r} is empty")
+        raise ConfigError(f"{name}: {shown} is empty")
     return value
 
 
 def check_url(value: str, name: str) -> str:
     """A bridge's base URL (http:// or https://, a host); ConfigError naming `name` otherwise."""
     if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?\Z", value):
-        raise ConfigError(f"{name}: expected http(s)://host[:port][/path], got {value!r}")
+        raise ConfigError(f"{name}: expected http(s)://host[:port][/path], "
+                          f"got {mask_url(value)!r}")
     return value.rstrip("/")
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s\"']*?:)"
+                           r"[^/?#\s\"']*(?=@)")
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&]password=)[^&#\s\"']*")
+
+
+def mask_url(text: str) -> str:
+    """`text` (a URL, or a message quoting one) as it may be printed or logged: every
+    password in a URL (user:PASSWORD@host, or libpq's ?password=...) shown as ***."""
+    text = _URL_PASSWORD.sub(r"\g<head>***", text)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", text)

@@ -41,9 +41,12 @@ def error_body(reason: str, message: str) -> Dict[str, str]:
     return {"error": reason, "message": message}
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
+
+
 def encode(body: object) -> bytes:
     """A JSON answer's bytes, compact."""
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _ENCODER.encode(body).encode()
 
 
 STATUS_LINES = {code.value: f"{code.value} {code.phrase}" for code in HTTPStatus}

@@ -15,7 +15,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    choose_encoder,
+    generate_latest,
+    gzip_accepted,
+)
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OM_TYPE
 from prometheus_client.utils import floatToGoString
 
@@ -131,6 +136,20 @@ def _server_label_strings(servers: List[Server]) -> List[str]:
     return strings
 
 
+def negotiate(accept: str) -> Tuple[Encoder, str]:
+    """(encoder, content type) for an Accept header: the library's choice, or the text format
+    when the library cannot make one (`version=abc` raised TypeError in it) or its choice
+    cannot encode (an escaping it does not know). Never raises."""
+    try:
+        encoder, content_type = choose_encoder(accept)
+        encoder(_Families([Metric("probe", "", "gauge")]))
+    except Exception as exc:  # the header is the client's: any failure means "not that one"
+        log.debug("/metrics: Accept %r not usable (%r); answering the text format",
+                  accept[:200], exc)
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+    return encoder, content_type
+
+
 def render_isolated(sources: Mapping[str, Any], encoder: Encoder) -> Tuple[bytes, Metric]:
     """(text, success family) of the bridge's own instrumentation, one source at a time.
 
@@ -167,7 +186,7 @@ def render(store: Store, environ: Mapping[str, Any], extra_registry: CollectorRe
     of a store that cannot be read and gives heartbeat_bridge_serving_since_seconds."""
     started = time.perf_counter()
     snapshot = store.snapshot() if serving is None else serving.snapshot(store)
-    encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT") or "")
+    encoder, content_type = negotiate(environ.get("HTTP_ACCEPT") or "")
     stretch = None if serving is None or serving.since is None else (serving.since,
                                                                        serving.unheard)
     rest = list(bridge_families(snapshot, max_servers, started, stretch))

@@ -6,8 +6,9 @@ exceptions the store and the validators raise, so `heartbeat-bridge` prints the 
 whichever way it reached the bridge.
 """
 from typing import Any, Dict, List, NoReturn, Optional, Tuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+from bridge.config import mask_url
 from bridge.store import Server, ServerExistsError, ServerLimitError, UnknownServerError
 from bridge.validate import InvalidInputError, check_server_id
 
@@ -102,7 +103,8 @@ class RemoteAdmin:
         try:
             response = self.session.request(method, url, json=body, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise RemoteError(f"{url}: {_short(exc)}") from None
+            reason = network_reason(exc, urlsplit(self.url).hostname or "", self.timeout)
+            raise RemoteError(f"{mask_url(self.url)}: {reason}") from None
         if response.status_code == 204:
             return {}
         try:
@@ -138,9 +140,43 @@ def _in_store_order(server: ServerJSON) -> ServerJSON:
                                                       kv[0])))
 
 
-def _short(exc: Exception) -> str:
-    """One line for a connection failure (requests nests the reason several levels deep)."""
-    text = str(exc)
-    for marker in ("Caused by ", "Failed to establish a new connection: "):
-        text = text.split(marker, 1)[-1]
-    return f"{type(exc).__name__}: {text.strip('()')}"
+def network_reason(exc: BaseException, host: str, timeout: float) -> str:
+    """One plain line for a failed exchange with `host`, as the agent words it ("connection
+    refused", "cannot resolve HOST: ...", "TLS error: ..."): requests nests the cause
+    several levels deep, in exception chains and urllib3's `reason`."""
+    import http.client
+    import socket
+    import ssl
+
+    import requests
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"no connection within {timeout:g}s"
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout:g}s"
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {host}: {cause.strerror}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate rejected: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error: {cause.reason or cause}"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, (http.client.RemoteDisconnected, ConnectionResetError)):
+            return "the bridge closed the connection without answering"
+    return type(exc).__name__
+
+
+def _causes(exc: BaseException) -> List[BaseException]:
+    """`exc` and every exception behind it, nearest first (a bounded walk)."""
+    found: List[BaseException] = []
+    queue = [exc]
+    while queue and len(found) < 20:
+        current = queue.pop(0)
+        if current in found:
+            continue
+        found.append(current)
+        queue += [e for e in (current.__cause__, current.__context__,
+                              getattr(current, "reason", None), *current.args)
+                  if isinstance(e, BaseException)]
+    return found

@@ -1,54 +1,54 @@
-"""The heavy answers, /metrics and /api/status, computed in a child process of each worker.
+"""The host's render process: /metrics and /api/status of a large fleet, for every worker.
 
 A 100,000-server /metrics takes about 2 s of CPU to render, and a status snapshot of the
-whole fleet about 1 s to build. Done in a thread of the worker, that work holds the
-worker's GIL in 5 ms slices, and the event loop that answers beats waits for it at every
-turn: beats of that worker stall while someone scrapes or watches the page. So under
-`heartbeat-bridge serve` each worker hands them to a render process of its own
-(`python -m bridge.render`, started on first use, restarted when it dies), which runs at
-a lower CPU priority (nice RENDER_NICE): on a busy machine the beats are served first.
+whole fleet about 1 s to build. Done in a thread of a worker, that work holds the worker's
+GIL in 5 ms slices, and the event loop that answers beats waits for it at every turn. So
+under `heartbeat-bridge serve`, once the fleet is large (bridge.renderer.SizedRenderer),
+the workers hand these answers to one render process per host (`python -m bridge.render_process`),
+started by the first worker that needs it, shared by all of them, run at a lower CPU
+priority (nice RENDER_NICE): on a busy machine the beats are served first.
 
-The worker sends its settings, then one request at a time, over the child's stdin and
-reads each answer from its stdout, each a length-prefixed marshal of plain values. The
-child opens its own store connection from the worker's settings, so
-it reads what the workers committed; status snapshots stay shared between the children
-through the status cache directory, as they were between workers (bridge.status_cache).
+Workers talk to it over a Unix socket in the serve run directory (HEARTBEAT_RUN_DIR), one
+connection per worker and kind of answer; each message is a length-prefixed marshal of
+plain values. It opens its own store connection from the settings of the worker that
+started it, so it reads what the workers committed. A scrape that arrives while the same
+scrape is being rendered for another worker gets that answer (rendered after it arrived,
+so never older than the request). It ends with the gunicorn master (checked every second)
+or when `serve` stops it (bridge/gunicorn.conf.py).
 
-Housekeeping on scrape (rejection counts, retiring silent servers) stays in the worker,
-which owns the pending counts.
+Housekeeping on scrape (rejection counts, retiring silent servers) stays in the workers,
+which own the pending counts.
 """
 import dataclasses
+import fcntl
 import logging
 import marshal
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple
-
-from prometheus_client import CollectorRegistry
+from typing import Any, Dict, List, Optional, Tuple
 
 from bridge.config import Settings
 from bridge.errors import BridgeError
-from bridge.exposition import render
-from bridge.http_metrics import WorkerFiles
-from bridge.serving import Serving
-from bridge.status_answer import status_answer, status_snapshots
-from bridge.store import StoreUnavailableError, open_store
+from bridge.renderer import Headers
+from bridge.store import StoreUnavailableError
 
 log = logging.getLogger("bridge")
 RENDER_NICE = 10
+SOCKET_NAME, LOCK_NAME, PID_NAME = "render.sock", "render.lock", "render.pid"
+START_TIMEOUT = 30.0
 _LENGTH = struct.Struct("!I")
-Headers = List[Tuple[str, str]]
 
 
 class RenderError(BridgeError):
     """The render process failed, went away or took longer than `timeout`: answered 503 (the
-    next request starts a new one). str() is the detail, for the log."""
+    next request reaches a new one). str() is the detail, for the log."""
 
     reason = "render_unavailable"
     status = 503
@@ -58,228 +58,192 @@ class RenderError(BridgeError):
         return [("Retry-After", "5")]
 
 
-class Renderer:
-    """A worker's link to its render processes; safe to call from any thread of the worker.
+class HostRenderer:
+    """A worker's link to the host's render process; safe to call from any thread.
 
-    One process per kind of answer, each started on first use: a scrape that renders for
-    seconds never makes a status-page refresh of the same worker wait behind it."""
+    One connection per kind of answer: a scrape that renders for seconds never makes a
+    status refresh of the same worker wait behind it."""
 
     KINDS = ("metrics", "status")
 
     def __init__(self, settings: Settings, argv: Optional[List[str]] = None,
                  timeout: Optional[float] = None) -> None:
+        if not settings.run_dir:
+            raise ValueError("HostRenderer needs settings.run_dir (set by serve)")
         self.settings = settings
-        # An answer not back within this is given up on (and its process replaced): the
+        # An answer not back within this is given up on (and the process replaced): the
         # gunicorn worker timeout, which a request in a thread would otherwise outlive.
         self.timeout = float(settings.timeout) if timeout is None else timeout
-        argv = argv or [sys.executable, "-m", "bridge.render"]
-        self._links = {kind: _Link(argv, settings) for kind in self.KINDS}
+        self.argv = argv or [sys.executable, "-m", "bridge.render_process"]
+        self.path = os.path.join(settings.run_dir, SOCKET_NAME)
+        self._links = {kind: _Link(self) for kind in self.KINDS}
+        self._started: List["subprocess.Popen[bytes]"] = []  # reaped when they end
 
-    # -- the two answers ------------------------------------------------------------------
     def metrics(self, accept: str, accept_encoding: str) -> Tuple[Headers, bytes]:
-        """(headers, body) of one scrape, as bridge.exposition.render() gives them."""
         return self._call("metrics", accept, accept_encoding)
 
-    def status(self, args: Dict[str, str], if_none_match: str
-               ) -> Tuple[str, Optional[str]]:
-        """(etag, JSON text or None when `if_none_match` already names that etag)."""
+    def status(self, args: Dict[str, str], if_none_match: str) -> Tuple[str, Optional[str]]:
         return self._call("status", args, if_none_match)
 
-    def pid(self, kind: str) -> Optional[int]:
-        """The pid of the render process for `kind`, None while there is none."""
-        return self._links[kind].pid
+    def pid(self) -> Optional[int]:
+        """The pid of the host's render process, None while there is none."""
+        return read_pid(self.settings.run_dir)
 
     def close(self) -> None:
         for link in self._links.values():
             link.close()
+        self._started = [child for child in self._started if child.poll() is None]
 
     def _call(self, op: str, *args: Any) -> Any:
-        outcome, value = self._links[op].call(op, args, self.timeout)
+        outcome, value = self._links[op].call(op, args)
         if outcome == "ok":
             return value
         kind, reason, message, status = value
         if kind == "StoreUnavailableError":
             raise StoreUnavailableError(message)
-        if status < 500:  # the request's own fault (a bad query): as the child judged it
+        if status < 500:  # the request's own fault (a bad query): as the process judged it
             raise BridgeError(f"render {op}: {message}", reason=reason, message=message,
                               status=status)
         raise RenderError(f"render {op}: {kind}: {message}")
 
+    def connect(self) -> socket.socket:
+        """A connection to the render process; starts one when there is none."""
+        try:
+            return _connect(self.path)
+        except OSError:
+            pass
+        with open(os.path.join(self.settings.run_dir, LOCK_NAME), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one worker starts it; the others wait for it
+            try:
+                return _connect(self.path)
+            except OSError:
+                self._start()
+                return _connect(self.path)
+
+    def _start(self) -> None:
+        self._started = [child for child in self._started if child.poll() is None]
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # left by one that died
+        child = subprocess.Popen(self.argv + [self.path, str(os.getppid())],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self._started.append(child)
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            write_message(child.stdin.fileno(), dataclasses.asdict(self.settings))
+            child.stdin.close()
+            read_message(child.stdout.fileno(), time.monotonic() + START_TIMEOUT)  # listening
+        except (OSError, EOFError, ValueError, TimeoutError) as exc:
+            child.kill()
+            raise RenderError(f"render process did not start: {type(exc).__name__}: {exc}")
+        finally:
+            child.stdout.close()
+        with open(os.path.join(self.settings.run_dir, PID_NAME), "w") as f:
+            f.write(str(child.pid))
+        log.info("render process started: pid %d", child.pid)
+
+    def kill(self) -> None:
+        """End a render process that hung: the next request starts a new one."""
+        pid = self.pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
 
 class _Link:
-    """One render process, one request at a time."""
+    """One connection to the render process, one request at a time."""
 
-    def __init__(self, argv: List[str], settings: Settings) -> None:
-        self.argv = argv
-        self.settings = settings
+    def __init__(self, owner: HostRenderer) -> None:
+        self.owner = owner
         self._lock = threading.Lock()
-        self._child: Optional["subprocess.Popen[bytes]"] = None
+        self._sock: Optional[socket.socket] = None
 
-    @property
-    def pid(self) -> Optional[int]:
-        child = self._child
-        return child.pid if child is not None and child.poll() is None else None
-
-    def call(self, op: str, args: Tuple[Any, ...], timeout: float) -> Any:
+    def call(self, op: str, args: Tuple[Any, ...]) -> Any:
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    child = self._start()
-                    _send(child.stdin, (op, args))
-                    return _receive(child.stdout, time.monotonic() + timeout)
+                    if self._sock is None:
+                        self._sock = self.owner.connect()
+                    fd = self._sock.fileno()
+                    write_message(fd, (op, args))
+                    return read_message(fd, time.monotonic() + self.owner.timeout)
                 except (OSError, EOFError, ValueError, TimeoutError) as exc:
-                    self._stop(kill=True)
-                    # A child that died since the last answer is only seen now: renders
-                    # change nothing, so one more try with a new child is safe.
+                    self._drop()
+                    if isinstance(exc, TimeoutError):
+                        self.owner.kill()
+                    # A process that ended since the last answer is only seen now: renders
+                    # change nothing, so one more try with a new connection is safe.
                     if attempt == 2 or isinstance(exc, TimeoutError):
                         raise RenderError(f"render {op}: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
     def close(self) -> None:
         with self._lock:
-            self._stop()
+            self._drop()
 
-    def _start(self) -> "subprocess.Popen[bytes]":
-        child = self._child
-        if child is not None and child.poll() is None:
-            return child
-        child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 close_fds=True)
-        self._child = child
-        _send(child.stdin, dataclasses.asdict(self.settings))  # the worker's own settings
-        log.info("render process started: pid %d", child.pid)
-        return child
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
-    def _stop(self, kill: bool = False) -> None:
-        child, self._child = self._child, None
-        if child is None:
-            return
-        if kill:
-            child.kill()
-        for stream in (child.stdin, child.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def read_pid(run_dir: str) -> Optional[int]:
+    """The pid of the render process of this run directory, if it is alive."""
+    try:
+        with open(os.path.join(run_dir, PID_NAME)) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/stat") as f:  # a zombie, not yet reaped, is gone too
+            alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive else None
+
+
+def stop(run_dir: str) -> None:
+    """End the render process of this run directory, if any (serve's shutdown and reload)."""
+    pid = read_pid(run_dir)
+    if pid is not None:
         try:
-            child.wait(timeout=5)  # it ends when its stdin closes
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
 
 
-def _send(stream: Optional[IO[bytes]], value: Any) -> None:
-    assert stream is not None
+def write_message(fd: int, value: Any) -> None:
+    """Send one message: a length-prefixed marshal of plain values."""
     data = marshal.dumps(value)
-    stream.write(_LENGTH.pack(len(data)) + data)
-    stream.flush()
+    data = _LENGTH.pack(len(data)) + data
+    while data:
+        data = data[os.write(fd, data):]
 
 
-def _receive(stream: Optional[IO[bytes]], deadline: Optional[float] = None) -> Any:
+def read_message(fd: int, deadline: Optional[float] = None) -> Any:
     """One message; EOFError when the other end closed, TimeoutError after `deadline`."""
-    assert stream is not None
-    size = _LENGTH.unpack(_read(stream, _LENGTH.size, deadline))[0]
-    return marshal.loads(_read(stream, size, deadline))
+    size = _LENGTH.unpack(_read(fd, _LENGTH.size, deadline))[0]
+    return marshal.loads(_read(fd, size, deadline))
 
 
-def _read(stream: IO[bytes], size: int, deadline: Optional[float]) -> bytes:
-    if deadline is None:
-        data = stream.read(size)
-        if len(data) < size:
-            raise EOFError("the other end closed the pipe")
-        return data
-    # Straight from the descriptor: the stream's own buffer is never used, so select()
-    # sees everything there is to read.
-    fd, chunks, left = stream.fileno(), [], size
+def _read(fd: int, size: int, deadline: Optional[float]) -> bytes:
+    chunks, left = [], size
     while left:
-        wait = deadline - time.monotonic()
-        if wait <= 0 or not select.select([fd], [], [], wait)[0]:
-            raise TimeoutError("no answer in time")
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise TimeoutError("no answer in time")
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
-            raise EOFError("the other end closed the pipe")
+            raise EOFError("the other end closed")
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-# -- the child ----------------------------------------------------------------------------
-class _Work:
-    """What the render process computes, over its own store connection."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._store: Any = None
-        self.registry = CollectorRegistry(auto_describe=False)
-        if settings.metrics_multiproc_dir:  # the workers' request metrics, merged
-            self.registry.register(WorkerFiles(settings.metrics_multiproc_dir))
-        self._snapshots: Any = None
-        self.serving: Optional[Serving] = None
-
-    @property
-    def store(self) -> Any:
-        """Opened on first use: a store that cannot be reached is that request's 503."""
-        if self._store is None:
-            self._store = open_store(self.settings.database_url, pool_size=1)
-        return self._store
-
-    def metrics(self, accept: str, accept_encoding: str) -> Tuple[Headers, bytes]:
-        environ = {"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": accept_encoding}
-        if self.serving is None:
-            self.serving = Serving(self.settings.started_at or None,
-                                   self.settings.heard_until or None)
-        return render(self.store, environ, self.registry, self.settings.default_interval,
-                      self.settings.max_servers, self.settings.metric_set, self.serving)
-
-    def status(self, args: Dict[str, str], if_none_match: str) -> Tuple[str, Optional[str]]:
-        if self._snapshots is None:
-            self._snapshots = status_snapshots(self.store, self.settings)
-        return status_answer(self._snapshots, args, self.settings.default_interval,
-                             if_none_match)
-
-
-def serve(stdin: IO[bytes], stdout: IO[bytes], work: Any) -> None:
-    """Answer requests until stdin closes (the worker ended or restarts us)."""
-    handlers: Dict[str, Callable[..., Any]] = {"metrics": work.metrics, "status": work.status}
-    while True:
-        try:
-            op, args = _receive(stdin)
-        except EOFError:
-            return
-        try:
-            answer: Tuple[str, Any] = ("ok", handlers[op](*args))
-        except BridgeError as exc:
-            if exc.status >= 500:
-                log.error("render %s: %s", op, exc)
-            answer = ("error", (type(exc).__name__, exc.reason, exc.message, exc.status))
-        except Exception as exc:
-            log.exception("render %s failed", op)
-            answer = ("error", (type(exc).__name__, "internal_error", str(exc), 500))
-        _send(stdout, answer)
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[%(asctime)s] [%(process)d] [render] %(message)s")
-    try:
-        os.nice(RENDER_NICE)
-    except OSError:
-        pass
-    # Ctrl-C in a terminal reaches the whole process group: the worker stops us by closing
-    # our stdin, without a traceback here.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must not corrupt the answers
-    started = time.perf_counter()
-    try:
-        settings = Settings(**_receive(stdin))  # the worker's, first
-    except EOFError:
-        return
-    work = _Work(settings)
-    log.debug("ready in %.2f s", time.perf_counter() - started)
-    serve(stdin, stdout, work)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ intervals so that one rule serves every interval; a test keeps the two in step.
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from bridge.store import Server, Store
@@ -18,8 +18,8 @@ Row = Tuple[Any, ...]  # a status row: the fields FIELDS names, in that order
 LATE_AFTER = 1.5
 # ...and down once silent for more than DOWN_AFTER intervals: the condition of the
 # HeartbeatMissing alert (and `heartbeat:missing:bool`) in prometheus/rules.yml,
-# `> 3 * interval`; the alert itself pages after its `for:` on top.
-DOWN_AFTER = 3.0
+# `> 3.05 * interval` (three intervals plus the agent's 5% jitter); the alert has no `for`.
+DOWN_AFTER = 3.05
 
 # Worst first: the default order of the page and of the JSON list. Retired servers
 # are out of service, so they come last.
@@ -40,7 +40,7 @@ FIELDS = ("state", "server_id", "last_seen", "interval", "labels", "hostname", "
  PAUSED_UNTIL, PAUSE_REASON, EXPECTED_BACK, RETIRED_AT, HAYSTACK) = range(len(FIELDS))
 
 
-def _number(value):
+def _number(value: Any) -> Optional[float]:
     """A stored number as a float (infinities kept: they still decide a state); None for
     NULL, NaN or anything that is not a number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -49,12 +49,14 @@ def _number(value):
     return None if math.isnan(value) else value
 
 
-def _finite(value):
+def _finite(value: Optional[float]) -> Optional[float]:
     """What the JSON may carry: a finite number or None (never NaN or Infinity)."""
     return value if value is None or math.isfinite(value) else None
 
 
-def _decide(now, last_seen, interval, paused, paused_until, expected_back, retired_at):
+def _decide(now: float, last_seen: Optional[float], interval: float, paused: Any,
+            paused_until: Optional[float], expected_back: Optional[float],
+            retired_at: Optional[float]) -> str:
     """The state from cleaned numbers (see docs/states.md)."""
     if retired_at is not None:
         return "retired"
@@ -144,7 +146,7 @@ class FleetSnapshot:
         return cls(*values)
 
 
-def _sorted_counted(rows):
+def _sorted_counted(rows: List[Any]) -> Dict[str, int]:
     rows.sort(key=lambda row: (RANK[row[STATE]], row[SERVER_ID]))
     counts = dict.fromkeys(STATE_NAMES, 0)
     for row in rows:

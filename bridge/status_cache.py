@@ -24,9 +24,11 @@ import marshal
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from bridge.status import FleetSnapshot
+
+Identity = Optional[Tuple[int, int]]  # (inode, mtime) of a snapshot file, None: none read
 
 STALE_FOR = 6
 log = logging.getLogger("bridge")
@@ -59,19 +61,19 @@ class SnapshotCache:
                                  name=f"status-{kind}").start()
             return snapshot
         if self.directory and self.max_age > 0:  # another worker may have a fresh one
-            snapshot, seen = self._read(self._path(kind), snapshot, seen)
-            if self._fresh(snapshot):
-                self._memory[kind] = (snapshot, seen)
-                return snapshot
+            shared, seen = self._read(self._path(kind), snapshot, seen)
+            if shared is not None and self._fresh(shared):
+                self._memory[kind] = (shared, seen)
+                return shared
         return self._refresh(kind)
 
-    def _refresh_logged(self, kind):
+    def _refresh_logged(self, kind: str) -> None:
         try:
             self._refresh(kind)
         except Exception:  # a thread's edge: the next request tries again
             log.exception("status snapshot %r not refreshed", kind)
 
-    def _refresh(self, kind):
+    def _refresh(self, kind: str) -> Any:  # a FleetSnapshot
         with self._locks[kind]:  # one thread of this worker computes or reads
             snapshot, seen = self._memory.get(kind, (None, None))
             if self._fresh(snapshot):
@@ -83,14 +85,16 @@ class SnapshotCache:
             self._memory[kind] = (snapshot, seen)
             return snapshot
 
-    def _fresh(self, snapshot, max_age=None):
+    def _fresh(self, snapshot: Optional[FleetSnapshot], max_age: Optional[float] = None
+               ) -> bool:
         max_age = self.max_age if max_age is None else max_age
         return snapshot is not None and 0 <= self.clock() - snapshot.generated_at < max_age
 
-    def _path(self, kind):
+    def _path(self, kind: str) -> str:
         return os.path.join(self.directory, f"{kind}.snapshot")
 
-    def _shared(self, kind, snapshot, seen):
+    def _shared(self, kind: str, snapshot: Optional[FleetSnapshot], seen: Identity
+                ) -> Tuple[Optional[FleetSnapshot], Identity]:
         path = self._path(kind)
         snapshot, seen = self._read(path, snapshot, seen)
         if self._fresh(snapshot):
@@ -111,7 +115,8 @@ class SnapshotCache:
             os.close(fd)  # releases the lock
 
     @staticmethod
-    def _read(path, snapshot, seen):
+    def _read(path: str, snapshot: Optional[FleetSnapshot], seen: Identity
+              ) -> Tuple[Optional[FleetSnapshot], Identity]:
         """The snapshot in `path`, unless it is the one already held (or unreadable)."""
         identity = _identity(path)
         if identity is None or identity == seen:
@@ -123,7 +128,7 @@ class SnapshotCache:
             return snapshot, seen  # half-written by a crashed worker: computed again
 
 
-def _identity(path):
+def _identity(path: str) -> Identity:
     try:
         st = os.stat(path)
     except OSError:

@@ -96,7 +96,7 @@ def parse_query(args: Mapping[str, str], per_page: Optional[int] = DEFAULT_PER_P
     return StatusQuery(states, text, sort, order, page, per_page)
 
 
-def _integer(text, name, default, low, high):
+def _integer(text: Optional[str], name: str, default: Any, low: int, high: int) -> int:
     if text is None:
         return default
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
@@ -104,7 +104,7 @@ def _integer(text, name, default, low, high):
     return int(text)
 
 
-def _bad(message):
+def _bad(message: str) -> InvalidInputError:
     return InvalidInputError("invalid_query", message, 400)
 
 
@@ -120,7 +120,7 @@ def matches(row: Row, terms: Sequence[str]) -> bool:
     return True
 
 
-def _silence_order(row):
+def _silence_order(row: Sequence[Any]) -> float:
     """Most recently seen first, never seen last."""
     last_seen = row[LAST_SEEN]
     return float("inf") if last_seen is None else -last_seen

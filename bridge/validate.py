@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
@@ -19,7 +20,9 @@ SERVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}\Z")
 RESERVED_LABELS = frozenset({"server_id", "job", "instance", "le", "quantile", "hostname",
                              "agent_version", "reason", "version", "python_version"})
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+# ASCII digits only (\d takes every script's digits, and float() reads them) and \Z (`$`
+# allows a trailing newline); no space around it either.
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)\Z")
 T = TypeVar("T")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -108,7 +111,7 @@ MAX_TIMESTAMP = 2.0 ** 33
 def parse_duration(value: Any, field: str = "duration", maximum: float = MAX_DURATION) -> float:
     """Seconds, more than 0 and at most `maximum`, from a number or a string such as '90',
     '15m', '2h', '1d'."""
-    match = _DURATION.match(value.strip()) if isinstance(value, str) else None
+    match = _DURATION.match(value) if isinstance(value, str) else None
     if match:
         number, unit = match.groups()
         seconds = finite_number(float(number) * _UNITS[unit])
@@ -194,14 +197,22 @@ def _check_timestamp(name: str) -> Callable[[Any], float]:
 
 
 def check_text(name: str, limit: int) -> Callable[[Any], str]:
-    """A checker for an optional text field: a string of at most `limit` printable characters."""
+    """A checker for an optional text field (a host name, a reason): a string of at most
+    `limit` printable characters, none a control or a format character."""
     def check(value: Any) -> str:
-        if not isinstance(value, str) or len(value) > limit or _has_control(value):
+        if (not isinstance(value, str) or len(value) > limit or _has_control(value)
+                or _has_format(value)):
             raise InvalidInputError(
                 "invalid_field", f"{name} must be a string of at most {limit} printable "
-                "characters", 422)
+                "characters (no control or format characters such as bidi overrides)", 422)
         return value
     return check
+
+
+def _has_format(text: str) -> bool:
+    """Any format character (Unicode category Cf: bidi overrides and isolates, zero-width
+    characters): each could make a status row read differently from its data."""
+    return not text.isascii() and any(unicodedata.category(c) == "Cf" for c in text)
 
 
 # Control characters, or lone surrogates: JSON's "\\ud800" decodes to one, and no UTF-8

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from bridge.app import create_app
+from bridge.asgi import BridgeASGI
+from bridge.state import build_state
 from bridge.store import open_store
+from tests.asgi_client import ServedApp
 from tests.tools import (
     ADMIN_TOKEN,
     FLEET_TOKEN,
@@ -46,10 +48,13 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_collection_modifyitems(items):
-    """A test on a PostgreSQL schema is marked `postgresql`, so `-m "not postgresql"` runs
-    what needs no database server whether one is up or not."""
+    """A test on a PostgreSQL schema (the pg_schema or pg_url fixture, or a parameter
+    "postgresql" of any fixture) is marked `postgresql`, so `-m "not postgresql"` runs what
+    needs no database server whether one is up or not. A test that opens a schema any
+    other way says so itself."""
     for item in items:
-        if {"pg_schema", "pg_url"} & set(item.fixturenames):
+        params = item.callspec.params.values() if hasattr(item, "callspec") else ()
+        if {"pg_schema", "pg_url"} & set(item.fixturenames) or "postgresql" in params:
             item.add_marker(pytest.mark.postgresql)
 
 
@@ -98,11 +103,18 @@ def store(database_url, clock):
 
 @pytest.fixture
 def app_factory(store, clock, database_url):
-    """create_app over the test's store and clock, with settings changed as asked."""
+    """The served ASGI app (bridge.asgi, as `serve` runs it) over the test's store and
+    clock, with settings changed as asked; its test_client() speaks WSGI to it."""
+    served = []
+
     def make(**changes):
-        return create_app(make_settings(database_url, **changes), store=store, clock=clock,
-                          rejection_flush_every=0)
-    return make
+        state = build_state(make_settings(database_url, **changes), store=store, clock=clock,
+                            rejection_flush_every=0)
+        served.append(ServedApp(BridgeASGI(state)))
+        return served[-1]
+    yield make
+    for app in served:
+        app.stop()
 
 
 @pytest.fixture

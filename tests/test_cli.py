@@ -7,7 +7,7 @@ import pytest
 
 from bridge.auth import hash_token
 from bridge.store import open_store
-from tests.tools import ROOT
+from tests.tools import ROOT, postgres_schema_url
 
 pytestmark = pytest.mark.live  # every test here starts a real program
 
@@ -140,3 +140,36 @@ def test_list_shows_each_servers_enrolment(db):
     assert "enrolled" in rows["db-1"] and "open" in rows["db-2"]
     cli(db, "tokens", "revoke", "db-1")
     assert show(db, "db-1")["enrolment"] == "open"
+
+
+PASSWORD = "s3cret-db-password"
+
+
+@pytest.mark.postgresql
+def test_check_config_masks_the_database_password():
+    """The test database trusts every connection, so the password only has to stay unseen."""
+    conn, schema, url = postgres_schema_url()
+    try:
+        result = cli(url.replace("postgres@", f"postgres:{PASSWORD}@"), "check-config")
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+    assert "store: reachable" in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "postgres:***@127.0.0.1" in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["--database-url", f"postgresql://u:{PASSWORD}@[::1/db", "servers", "list"],
+    ["--database-url", f"postgresql://u:{PASSWORD}@h/db?nonsense=1", "servers", "list"],
+    ["--database-url", f"mysql://u:{PASSWORD}@h/db", "servers", "list"],
+    ["--url", f"https://admin:{PASSWORD}@bad host/", "servers", "list"],
+    ["--database-url", f"postgresql://u@h/db?password={PASSWORD}&nonsense=1", "servers",
+     "list"],
+])
+def test_no_error_prints_a_password_from_a_url(args):
+    result = subprocess.run([sys.executable, "-m", "bridge", *args], cwd=ROOT, text=True,
+                            capture_output=True, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.startswith("heartbeat-bridge: "), result.stderr
+    assert PASSWORD not in result.stdout + result.stderr

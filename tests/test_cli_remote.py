@@ -1,8 +1,10 @@
 """`heartbeat-bridge --url ...`: the same commands and output through a live bridge's admin API."""
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -140,7 +142,23 @@ def test_the_token_is_never_a_flag_value(bridge):
     # argparse would take --admin-token as an abbreviation of --admin-token-file
     result = run("--url", bridge.url, "--admin-token", ADMIN_TOKEN, "servers", "list",
                  expect=2)
-    assert ADMIN_TOKEN not in result.stdout
+    assert ADMIN_TOKEN not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["servers", "list", "--admin-token", ADMIN_TOKEN],
+    ["servers", "list", f"--admin-token={ADMIN_TOKEN}"],
+    ["servers", "list", ADMIN_TOKEN],
+    [ADMIN_TOKEN, "servers", "list"],
+    ["servers", ADMIN_TOKEN],
+    ["servers", "register", "db-1", "--interval", ADMIN_TOKEN],
+    ["healthcheck", "--path", ADMIN_TOKEN],
+    ["--admin-token-file", ADMIN_TOKEN, "--url", "http://127.0.0.1:1", "servers", "list"],
+])
+def test_no_error_repeats_a_value_typed_on_the_command_line(args):
+    result = run(*args, expect=2)
+    assert ADMIN_TOKEN not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("heartbeat-bridge")
 
 
 def test_without_a_token_the_cli_says_where_to_put_it(bridge):
@@ -148,11 +166,39 @@ def test_without_a_token_the_cli_says_where_to_put_it(bridge):
     assert "HEARTBEAT_ADMIN_TOKEN_FILE" in result.stderr and "--admin-token-file" in result.stderr
 
 
-def test_an_unreachable_bridge_is_one_line():
+def test_an_unreachable_bridge_is_one_plain_line():
     url = f"http://127.0.0.1:{free_port()}"
     result = run("--url", url, "servers", "list", env={"HEARTBEAT_ADMIN_TOKEN": ADMIN_TOKEN},
                  expect=1)
-    assert url in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr == f"heartbeat-bridge: {url}: connection refused\n"
+
+
+def test_tls_to_a_plain_http_bridge_is_one_plain_line(bridge):
+    url = bridge.url.replace("http://", "https://")
+    result = run("--url", url, "servers", "list", env={"HEARTBEAT_ADMIN_TOKEN": ADMIN_TOKEN},
+                 expect=1)
+    assert result.stderr.startswith(f"heartbeat-bridge: {url}: TLS error: ")
+    assert len(result.stderr.splitlines()) == 1 and "SSLError" not in result.stderr
+
+
+def test_a_bridge_that_hangs_up_is_one_plain_line():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def hang_up():
+            connection, _ = listener.accept()
+            connection.recv(4096)
+            connection.close()
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        result = run("--url", f"http://admin:pw-in-url@127.0.0.1:{url.rsplit(':', 1)[1]}",
+                     "servers", "list", env={"HEARTBEAT_ADMIN_TOKEN": ADMIN_TOKEN}, expect=1)
+        thread.join(timeout=10)
+    assert result.stderr.endswith(
+        ": the bridge closed the connection without answering\n"), result.stderr
+    assert "pw-in-url" not in result.stderr and "admin:***@" in result.stderr
 
 
 @pytest.mark.parametrize("args,message", [

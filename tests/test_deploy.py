@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from bridge.config import Settings
+from bridge.connections import connection_bound
 from tests.tools import ROOT, require_binary
 
 DEPLOY = ROOT / "deploy"
@@ -179,3 +181,22 @@ def test_the_docs_explain_scaling_and_scraping():
         assert "HEARTBEAT_DB_POOL_SIZE" in text
     assert "heartbeat-bridge migrate" in scaling
     assert "haproxy.cfg" in readme and "scaling.md" in readme
+
+
+def test_the_shipped_file_limits_fit_the_fleet_they_are_sized_for(services):
+    """The systemd unit (sized for a 4-worker host) and the compose replicas hold every
+    server the bridge accepts (HEARTBEAT_MAX_SERVERS) kept alive, twice over for an uneven
+    spread across workers."""
+    fleet = Settings().max_servers
+    unit = (DEPLOY / "heartbeat-bridge.service").read_text()
+    limit = int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1))
+    assert "ExecStart=/opt/heartbeat-bridge/bin/heartbeat-bridge serve" in unit
+    assert connection_bound(limit, Settings().pool_size) * 4 >= 2 * fleet
+    for name in bridge_services(services):
+        env = services[name]["environment"]
+        nofile = services[name]["ulimits"]["nofile"]
+        assert nofile["soft"] == nofile["hard"]
+        per_worker = connection_bound(nofile["hard"], int(env["HEARTBEAT_DB_POOL_SIZE"]))
+        assert per_worker * int(env["HEARTBEAT_WORKERS"]) >= 2 * fleet / len(
+            bridge_services(services)), name
+    assert "heartbeat-bridge.service" in (DEPLOY / "README.md").read_text()

@@ -263,3 +263,36 @@ def test_most_servers_silent_at_once_page_once_and_inhibit_the_per_server_alerts
     notified = {(status, labels["alertname"]) for _, _, status, labels in stack.webhook.alerts()}
     assert notified == {("firing", "HeartbeatMassSilence")}
     assert time.monotonic() - started < 180
+
+
+def test_a_bridge_clock_skew_inhibits_the_per_server_clock_skew_of_that_bridge(tmp_path):
+    """The shipped inhibition in a real Alertmanager, fed the alerts Prometheus would send."""
+    with Webhook() as webhook:
+        am = alertmanager(tmp_path, webhook.port)
+        try:
+            api = f"http://127.0.0.1:{am.port}/api/v2/alerts"
+            skewed = {"alertname": "HeartbeatClockSkew", "severity": "warning",
+                      "job": "heartbeat-bridge"}
+            alerts = [
+                {"alertname": "HeartbeatBridgeClockSkew", "severity": "warning",
+                 "job": "heartbeat-bridge", "instance": "bridge-a:8000"},
+                {**skewed, "server_id": "web-1"},
+                {**skewed, "server_id": "web-2"},
+                {**skewed, "job": "heartbeat-bridge-eu", "server_id": "eu-1"},  # its clock is fine
+            ]
+            requests.post(api, json=[{"labels": labels} for labels in alerts],
+                          timeout=5).raise_for_status()
+
+            def states():
+                return {(a["labels"].get("server_id") or a["labels"]["instance"]):
+                        a["status"]["state"] for a in requests.get(api, timeout=5).json()}
+            expected = {"bridge-a:8000": "active", "web-1": "suppressed",
+                        "web-2": "suppressed", "eu-1": "active"}
+            wait_until(lambda: states() == expected, timeout=15, what=f"{expected}")
+            wait_until(lambda: {labels.get("server_id") for _, _, _, labels in
+                                webhook.alerts()} >= {None, "eu-1"}, timeout=15,
+                       what="the notifications")
+            notified = {labels.get("server_id") for _, _, _, labels in webhook.alerts()}
+            assert not notified & {"web-1", "web-2"}
+        finally:
+            am.stop()

@@ -68,9 +68,29 @@ def test_a_lost_enrolment_answer_never_locks_the_host_out(client, store):
     first = post(client, "web-1").get_json()["token"]  # the answer is lost on the way
     second = post(client, "web-1").get_json()["token"]
     assert first != second
-    assert post(client, "web-1", headers=bearer(first)).status_code == 401  # replaced
     assert post(client, "web-1", headers=bearer(second)).status_code == 200
+    assert post(client, "web-1", headers=bearer(first)).status_code == 401  # second was used
     assert store.get("web-1").beats_total == 3
+
+
+def test_the_first_issued_token_used_wins_and_ends_every_other(client, clock, store):
+    first = post(client, "web-1").get_json()["token"]
+    second = post(client, "web-1").get_json()["token"]  # a fleet-token request races it
+    assert post(client, "web-1", headers=bearer(first)).status_code == 200
+    assert store.get("web-1").enrolment == "enrolled"
+    assert post(client, "web-1", headers=bearer(second)).status_code == 401
+    assert post(client, "web-1").get_json()["error"] == "enrolled"
+
+
+def test_only_the_last_two_issued_tokens_are_pending_and_not_for_ever(client, clock, store):
+    first = post(client, "web-1").get_json()["token"]
+    post(client, "web-1")
+    third = post(client, "web-1").get_json()["token"]
+    assert post(client, "web-1", headers=bearer(first)).status_code == 401
+    fourth = post(client, "web-1").get_json()["token"]
+    clock.advance(3601)  # the longest interval a host may declare (3600 s by default)
+    assert post(client, "web-1", headers=bearer(third)).status_code == 401
+    assert post(client, "web-1", headers=bearer(fourth)).status_code == 200
 
 
 def test_a_client_that_never_adopts_its_token_keeps_working(client, clock, store):
@@ -195,6 +215,15 @@ def test_an_operator_may_pin_a_longer_interval_than_an_agent_may_declare(client,
     client.patch("/api/servers/batch-1", headers=ADMIN, json={"interval": 7200})
     assert post(client, "batch-1", json={"interval": 7200}).status_code == 200
     assert store.get("batch-1").interval(30) == 7200
+
+
+def test_the_cap_applies_to_what_a_host_declares_while_pinned_too(client, store):
+    post(client, "batch-1", json={"interval": 600})
+    client.patch("/api/servers/batch-1", headers=ADMIN, json={"interval": 7200})
+    assert post(client, "batch-1", json={"interval": 86400}).status_code == 200  # counted
+    assert store.get("batch-1").declared_interval == 600  # the declaration is not kept
+    client.patch("/api/servers/batch-1", headers=ADMIN, json={"interval": None})
+    assert store.get("batch-1").interval(30) == 600
 
 
 @pytest.mark.parametrize("raw", ['{"interval": 1' + "0" * 400 + '}', '{"interval": 1e400}',

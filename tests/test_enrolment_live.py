@@ -37,6 +37,7 @@ def test_each_credential_can_do_what_the_threat_model_says_and_nothing_more(live
     rows = [  # (credential, method, path, body, expected status)
         # the fleet token: enrols a new id, and nothing for an enrolled one
         (FLEET_TOKEN, "POST", beat.format("new-1"), None, 200),
+        (FLEET_TOKEN, "POST", goodbye.format("new-1"), {"retire": True}, 403),
         (FLEET_TOKEN, "POST", beat.format("web-2"), None, 401),
         (FLEET_TOKEN, "POST", goodbye.format("web-2"), {"retire": True}, 401),
         (FLEET_TOKEN, "POST", maintenance.format("web-2"), {"for": "1h"}, 401),
@@ -65,6 +66,9 @@ def test_each_credential_can_do_what_the_threat_model_says_and_nothing_more(live
     got = [(method, path, call(bridge, method, path, token, json=body).status_code)
            for token, method, path, body, _ in rows]
     assert got == [(method, path, status) for _, method, path, _, status in rows]
+    # the refusal HeartbeatEnrolmentConflict pages on names its id in the log, never a token
+    assert "the fleet token was refused for 'web-2'" in bridge.log()
+    assert FLEET_TOKEN not in bridge.log()
 
 
 def test_a_compromised_host_cannot_silence_the_fleet(live_bridge):
@@ -164,3 +168,36 @@ def test_an_agent_that_cannot_keep_its_token_warns_and_goes_on(live_bridge, tmp_
         assert code == 0 and "warning: cannot keep the token" in out, out
     server = call(bridge, "GET", "/api/servers/host-1", ADMIN_TOKEN).json()["server"]
     assert (server["enrolment"], server["beats_total"]) == ("pending", 2)
+
+
+def test_no_answer_that_carries_a_token_or_admin_data_may_be_cached(live_bridge):
+    bridge = live_bridge(HEARTBEAT_STATUS_TOKEN=STATUS_TOKEN)
+    issued = call(bridge, "POST", "/api/heartbeat/web-1/", FLEET_TOKEN)
+    own = issued.json()["token"]
+    answers = [
+        issued,
+        call(bridge, "POST", "/api/heartbeat/web-1/", own),
+        call(bridge, "POST", "/api/heartbeat/web-1/", "wrong-token-0123"),
+        call(bridge, "GET", "/api/servers", ADMIN_TOKEN),
+        call(bridge, "GET", "/api/servers", "wrong-token-0123"),
+        call(bridge, "POST", "/api/servers", ADMIN_TOKEN, json={"server_id": "db-1",
+                                                                "token": True}),
+        call(bridge, "POST", "/api/servers/db-1/token", ADMIN_TOKEN),
+        call(bridge, "GET", "/api/servers/ghost", ADMIN_TOKEN),
+        call(bridge, "GET", "/api/status", STATUS_TOKEN),
+        call(bridge, "GET", "/", STATUS_TOKEN),
+    ]
+    for answer in answers:
+        assert answer.headers.get("Cache-Control") == "no-store", answer.url
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", answer.url
+
+
+def test_a_pinned_interval_keeps_no_declaration_over_the_cap(live_bridge):
+    bridge = live_bridge()
+    own = enrol(bridge, "batch-1")
+    call(bridge, "PATCH", "/api/servers/batch-1", ADMIN_TOKEN, json={"interval": 7200})
+    assert call(bridge, "POST", "/api/heartbeat/batch-1/", own,
+                json={"interval": 86400}).status_code == 200
+    unpinned = call(bridge, "PATCH", "/api/servers/batch-1", ADMIN_TOKEN,
+                    json={"interval": None}).json()["server"]
+    assert unpinned["declared_interval"] is None and unpinned["interval"] == 30

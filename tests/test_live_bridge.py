@@ -1,4 +1,5 @@
 """The bridge as it runs in production: `heartbeat-bridge serve` (gunicorn), real SQLite."""
+import re
 import socket
 import subprocess
 
@@ -142,3 +143,27 @@ def test_tokens_never_reach_the_log(live_bridge):
     assert "rejected beat" in log  # debug logging was on and did log the rejections
     for secret in (FLEET_TOKEN, ADMIN_TOKEN, wrong):
         assert secret not in log
+
+
+LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] "
+                      r"\[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ")
+
+
+def test_every_process_logs_in_one_format_at_the_level_set(live_bridge):
+    """gunicorn, its workers and the render process: one line format, one level."""
+    bridge = live_bridge(HEARTBEAT_LOG_LEVEL="debug", HEARTBEAT_WORKERS="1",
+                         HEARTBEAT_RENDER_PROCESS_FROM="0")
+    bridge.metrics()  # starts the host's render process, which logs when it is ready
+    wait_until(lambda: "ready in" in bridge.log(), what="the render process's debug line")
+    lines = [line for line in bridge.log().splitlines() if line.startswith("[")]
+    assert lines and all(LOG_LINE.match(line) for line in lines), bridge.log()
+    ready = next(line for line in lines if "ready in" in line)
+    assert LOG_LINE.match(ready).group(2) == "DEBUG"
+    assert f"Listening at: http://127.0.0.1:{bridge.port} (" in bridge.log()
+    bridge.stop()
+
+    quiet = live_bridge(HEARTBEAT_LOG_LEVEL="warning")
+    quiet.metrics()
+    requests.get(quiet.url + "/api/status", timeout=5)
+    quiet.stop()
+    assert "[INFO]" not in quiet.log() and "[DEBUG]" not in quiet.log(), quiet.log()

@@ -65,12 +65,27 @@ def test_the_first_beat_after_a_goodbye_and_a_quick_reboot_is_accepted(client, c
 
 
 def test_a_goodbye_can_retire_the_server_and_a_beat_brings_it_back(client, store):
-    client.post("/api/heartbeat/old-1/", headers=AUTH)
-    response = say(client, "old-1", "goodbye", {"retire": True})
+    token = client.post("/api/heartbeat/old-1/", headers=AUTH).get_json()["token"]
+    own = {"Authorization": f"Bearer {token}"}
+    response = say(client, "old-1", "goodbye", {"retire": True}, headers=own)
     assert response.get_json()["retired"] is True
     assert value(metrics(client), "heartbeat_retired", server_id="old-1") == 1
-    client.post("/api/heartbeat/old-1/", headers=AUTH)
+    client.post("/api/heartbeat/old-1/", headers=own)
     assert value(metrics(client), "heartbeat_retired", server_id="old-1") == 0
+
+
+@pytest.mark.parametrize("settings", [{}, {"enrolment": False}])
+def test_the_fleet_token_cannot_retire_and_changes_nothing(app_factory, store, settings):
+    client = app_factory(**settings).test_client()
+    client.post("/api/servers", headers=ADMIN, json={"server_id": "db-1", "interval": 60,
+                                                     "labels": {"team": "db"}})
+    client.post("/api/heartbeat/web-1/", headers=AUTH)
+    before = [store.get("db-1"), store.get("web-1")]
+    for server_id in ("db-1", "web-1"):  # registered without a token; pending
+        response = say(client, server_id, "goodbye", {"retire": True})
+        assert response.status_code == 403
+        assert response.get_json()["error"] == "own_token_required"
+    assert [store.get("db-1"), store.get("web-1")] == before
 
 
 @pytest.mark.parametrize("server_id,body,headers,status,reason", [

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.app import create_app
+from bridge.asgi import BridgeASGI
+from bridge.state import build_state
 from bridge.validate import SERVER_ID
+from tests.asgi_client import ServedApp
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, make_settings, require_binary
 
 AUTH = {"Authorization": f"Bearer {FLEET_TOKEN}"}
@@ -50,14 +52,15 @@ def client(tmp_path_factory):
     db = tmp_path_factory.mktemp("properties") / "heartbeat.db"
     # Every family (the lean set's rendering is proven against the library in
     # test_exposition.py): counters and agent facts must come out exactly too.
-    app = create_app(make_settings(f"sqlite:///{db}", metric_set="full"),
-                     rejection_flush_every=0)
+    app = ServedApp(BridgeASGI(build_state(make_settings(f"sqlite:///{db}", metric_set="full"),
+                                           rejection_flush_every=0)))
     test_client = app.test_client()
     assert test_client.post("/api/servers", headers=ADMIN, json={
         "server_id": CANARY, "labels": CANARY_LABELS}).status_code == 201
     assert test_client.post(f"/api/heartbeat/{CANARY}/", headers=AUTH, json={
         "hostname": "canary\\host", "agent_version": "1.0"}).status_code == 200
-    return test_client
+    yield test_client
+    app.stop()
 
 
 def exposition(client, *server_ids):

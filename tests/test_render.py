@@ -1,12 +1,14 @@
-"""The render process (bridge.render): /metrics and /api/status computed in a child of the
-worker, identical to what the worker would compute itself, and what one bad moment of
-that child (killed, hung, the store gone) does to the answers: a 503 for that request,
-a new child for the next, never a stuck worker."""
+"""The host's render process (bridge.render): /metrics and /api/status of a large fleet
+computed in one process shared by every worker, identical to what a worker would compute
+itself, and what one bad moment of that process (killed, hung, the store gone) does to the
+answers: a 503 for that request, a new process for the next, never a stuck worker. A small
+fleet's answers are computed in the workers: no render process at all."""
 import gzip
 import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -19,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.errors import BridgeError
 from bridge.exposition import render
-from bridge.render import RENDER_NICE, Renderer, RenderError
+from bridge.render import RENDER_NICE, HostRenderer, RenderError, read_pid, stop
+from bridge.render_process import Shared
 from bridge.status_answer import status_answer, status_snapshots
 from bridge.store import BeatPolicy, StoreUnavailableError, open_store
 from bridge.validate import Beat
@@ -43,9 +46,21 @@ def seeded(tmp_path):
 
 
 @pytest.fixture
-def renderer(seeded):
+def run_dir(tmp_path):
+    """serve's run directory; the render process started there is stopped at the end."""
+    path = tmp_path / "run"
+    path.mkdir()
+    yield str(path)
+    pid = read_pid(str(path))
+    stop(str(path))
+    if pid is not None:
+        wait_until(lambda: read_pid(str(path)) is None, what="the render process ended")
+
+
+@pytest.fixture
+def renderer(seeded, run_dir):
     url, _ = seeded
-    r = Renderer(make_settings(url, status_max_age=0.0))
+    r = HostRenderer(make_settings(url, status_max_age=0.0, run_dir=run_dir))
     yield r
     r.close()
 
@@ -97,33 +112,55 @@ def test_a_bad_query_is_the_callers_error_not_the_processes(renderer):
         renderer.status({"sort": "bogus"}, "")
     assert (caught.value.status, caught.value.reason) == (400, "invalid_query")
     assert "sort" in caught.value.message
-    pid = renderer.pid("status")
-    assert renderer.status({}, "")[1] is not None and renderer.pid("status") == pid  # kept
+    pid = renderer.pid()
+    assert pid is not None
+    assert renderer.status({}, "")[1] is not None and renderer.pid() == pid  # kept
 
 
-def test_each_kind_renders_in_its_own_niced_process_and_a_killed_one_is_replaced(renderer):
-    renderer.metrics("", "")
-    renderer.status({}, "")
-    pid = renderer.pid("metrics")
-    # A scrape that renders for seconds never holds up a status refresh of the same worker.
-    assert renderer.pid("status") not in (None, pid)
-    for kind in Renderer.KINDS:
-        with open(f"/proc/{renderer.pid(kind)}/stat") as stat:
-            assert int(stat.read().rsplit(")", 1)[1].split()[16]) == RENDER_NICE
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: renderer.pid("metrics") is None, what="the killed child seen as dead")
-    headers, body = renderer.metrics("", "")
-    assert b"heartbeat_registered_servers 31.0" in body
-    assert renderer.pid("metrics") not in (None, pid)
-
-
-def test_a_child_killed_mid_answer_fails_that_request_only(seeded):
+def test_every_worker_shares_one_niced_process_and_a_killed_one_is_replaced(seeded,
+                                                                            renderer):
     url, _ = seeded
-    # A child that reads the settings and the request, then dies without answering.
-    script = ("import sys,struct; r=sys.stdin.buffer\n"
-              "for _ in range(2): n=struct.unpack('!I', r.read(4))[0]; r.read(n)\n"
-              "sys.exit(3)")
-    r = Renderer(make_settings(url), argv=[sys.executable, "-c", script], timeout=10)
+    other_worker = HostRenderer(renderer.settings)
+    try:
+        renderer.metrics("", "")
+        pid = renderer.pid()
+        assert other_worker.status({}, "")[1] is not None and other_worker.pid() == pid
+        other_worker.metrics("", "")
+        with open(f"/proc/{pid}/stat") as stat:
+            assert int(stat.read().rsplit(")", 1)[1].split()[16]) == RENDER_NICE
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: renderer.pid() is None, what="the killed process seen as dead")
+        headers, body = renderer.metrics("", "")
+        assert b'heartbeat_last_seen_seconds{server_id="web-1"}' in body
+        assert renderer.pid() not in (None, pid)
+        assert other_worker.metrics("", "")[1] and other_worker.pid() == renderer.pid()
+    finally:
+        other_worker.close()
+
+
+# A stand-in render process: reads the settings, listens where it is told, says so, then
+# does what BEHAVIOUR says with the first request.
+_FAKE = """import marshal, os, socket, struct, sys, time
+from bridge.render import read_message, write_message
+read_message(0)
+listener = socket.socket(socket.AF_UNIX); listener.bind(sys.argv[1]); listener.listen(1)
+with open(os.path.join(os.path.dirname(sys.argv[1]), "render.pid"), "w") as f:
+    f.write(str(os.getpid()))
+write_message(1, "listening")
+conn, _ = listener.accept()
+read_message(conn.fileno())
+BEHAVIOUR
+"""
+
+
+def _fake(behaviour):
+    return [sys.executable, "-c", _FAKE.replace("BEHAVIOUR", behaviour)]
+
+
+def test_a_process_killed_mid_answer_fails_that_request_only(seeded, run_dir):
+    url, _ = seeded
+    r = HostRenderer(make_settings(url, run_dir=run_dir), argv=_fake("sys.exit(3)"),
+                     timeout=10)
     try:
         with pytest.raises(RenderError) as caught:
             r.metrics("", "")
@@ -132,24 +169,24 @@ def test_a_child_killed_mid_answer_fails_that_request_only(seeded):
         r.close()
 
 
-def test_a_hung_render_process_is_given_up_on_and_killed(seeded):
+def test_a_hung_render_process_is_given_up_on_and_killed(seeded, run_dir):
     url, _ = seeded
-    r = Renderer(make_settings(url), argv=[sys.executable, "-c", "import time; time.sleep(60)"],
-                 timeout=1.0)
+    r = HostRenderer(make_settings(url, run_dir=run_dir), argv=_fake("time.sleep(60)"),
+                     timeout=1.0)
     try:
         started = time.monotonic()
         with pytest.raises(RenderError) as caught:
             r.status({}, "")
         assert "TimeoutError" in str(caught.value)
         assert time.monotonic() - started < 10  # bounded by the timeout, not the sleep
-        assert r.pid("status") is None
+        wait_until(lambda: r.pid() is None, what="the hung process killed")
     finally:
         r.close()
 
 
-def test_an_unreachable_store_is_a_503_store_unavailable(tmp_path):
+def test_an_unreachable_store_is_a_503_store_unavailable(run_dir):
     url = "postgresql://heartbeat@127.0.0.1:9/nowhere?connect_timeout=1"
-    r = Renderer(make_settings(url), timeout=30)
+    r = HostRenderer(make_settings(url, run_dir=run_dir), timeout=30)
     try:
         with pytest.raises(StoreUnavailableError):
             r.metrics("", "")
@@ -157,52 +194,101 @@ def test_an_unreachable_store_is_a_503_store_unavailable(tmp_path):
         r.close()
 
 
-def test_under_serve_each_worker_renders_in_niced_children(tmp_path):
-    url = f"sqlite:///{tmp_path / 'live.db'}"
-    bridge = Bridge(url, HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN,
-                    HEARTBEAT_STATUS_PUBLIC="true", HEARTBEAT_ENROLMENT="false").start()
+def test_a_scrape_arriving_during_the_same_scrape_gets_that_answer():
+    computed, release = [], threading.Event()
+
+    def compute(*args):
+        computed.append(args)
+        release.wait(10)
+        return f"answer {len(computed)}"
+    shared = Shared(compute)
+    answers = []
+    first = threading.Thread(target=lambda: answers.append(shared("text", "")))
+    first.start()
+    wait_until(lambda: computed, what="the first render under way")
+    # arrives while the first renders: waits for it, then renders anew (the first one
+    # began before it arrived, so it may miss what this request should see)
+    second = threading.Thread(target=lambda: answers.append(shared("text", "")))
+    second.start()
+    third = threading.Thread(target=lambda: answers.append(shared("text", "")))
+    third.start()
+    time.sleep(0.2)  # both queued behind the lock; nothing to wait_until on
+    release.set()
+    for thread in (first, second, third):
+        thread.join(10)
+    assert len(computed) == 2  # the first, then one for both that arrived during it
+    assert sorted(answers) == ["answer 1", "answer 2", "answer 2"]
+    assert shared("other", "") == "answer 3"
+
+
+def test_under_serve_a_small_fleet_renders_in_its_workers(tmp_path):
+    url = f"sqlite:///{tmp_path / 'small.db'}"
+    bridge = Bridge(url, HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_STATUS_PUBLIC="true",
+                    HEARTBEAT_ENROLMENT="false").start()
     try:
         assert bridge.beat("web-1", FLEET_TOKEN, json={"interval": 30}).status_code == 200
-        children = {}
-
-        def every_worker_has_one():
-            # New connections spread over the workers (SO_REUSEPORT); ask until each
-            # worker has rendered once.
-            bridge.metrics()
-            requests.get(bridge.url + "/api/status", timeout=10).raise_for_status()
-            children.update(_render_children(bridge.pid))
-            return len(children) == 4  # 2 workers x (metrics, status)
-        wait_until(every_worker_has_one, timeout=30, what="render processes in each worker")
-        assert set(children.values()) == {RENDER_NICE}
-        for pid in children:
-            os.kill(pid, signal.SIGKILL)
-        for _ in range(6):  # each worker's next answer comes from a new child
+        for _ in range(6):
             assert 'heartbeat_last_seen_seconds{server_id="web-1"}' in bridge.metrics()
-            status = requests.get(bridge.url + "/api/status?state=all", timeout=10)
-            assert [s["server_id"] for s in status.json()["servers"]] == ["web-1"]
-        assert not set(_render_children(bridge.pid)) & set(children)
+            requests.get(bridge.url + "/api/status", timeout=10).raise_for_status()
+        assert _render_processes(bridge.pid) == {}
+        assert len(_descendants(bridge.pid)) == 2  # HEARTBEAT_WORKERS=2, nothing else
     finally:
         bridge.stop()
 
 
-def _render_children(master):
-    """{pid: nice} of the render processes under the gunicorn master `master`."""
+def test_under_serve_a_large_fleet_renders_in_one_niced_process(tmp_path):
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    # from 1 server on, as a fleet past the default threshold would
+    bridge = Bridge(url, HEARTBEAT_TOKEN=FLEET_TOKEN, HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN,
+                    HEARTBEAT_STATUS_PUBLIC="true", HEARTBEAT_ENROLMENT="false",
+                    HEARTBEAT_RENDER_PROCESS_FROM="1").start()
+    try:
+        assert bridge.beat("web-1", FLEET_TOKEN, json={"interval": 30}).status_code == 200
+        for _ in range(8):  # new connections spread over both workers (SO_REUSEPORT)
+            bridge.metrics()
+            requests.get(bridge.url + "/api/status", timeout=10).raise_for_status()
+        children = _render_processes(bridge.pid)
+        assert set(children.values()) == {RENDER_NICE} and len(children) == 1
+        (pid,) = children
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(6):  # the next answers come from a new process
+            assert 'heartbeat_last_seen_seconds{server_id="web-1"}' in bridge.metrics()
+            status = requests.get(bridge.url + "/api/status?state=all", timeout=10)
+            assert [s["server_id"] for s in status.json()["servers"]] == ["web-1"]
+        assert len(_render_processes(bridge.pid)) == 1
+        assert pid not in _render_processes(bridge.pid)
+    finally:
+        bridge.stop()
+    wait_until(lambda: not _render_processes(bridge.pid, anywhere=True),
+               what="the render process ended with the bridge")
+
+
+def _descendants(pid):
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                found += [int(child)] + _descendants(int(child))
+    return found
+
+
+def _render_processes(master, anywhere=False):
+    """{pid: nice} of the live render processes under the gunicorn master `master` (with
+    `anywhere`, those started for it wherever they are now)."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
+                cmd = f.read().split(b"\0")
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if b"bridge.render" not in cmd or fields[0] == "Z":
+        if b"bridge.render_process" not in cmd or fields[0] == "Z":
             continue
-        parent = int(fields[1])
-        with open(f"/proc/{parent}/stat") as f:
-            grandparent = int(f.read().rsplit(")", 1)[1].split()[1])
-        if grandparent == master:
+        if (anywhere and cmd[-2:-1] == [str(master).encode()]) or \
+                int(entry) in _descendants(master):
             found[int(entry)] = int(fields[16])
     return found

@@ -227,11 +227,9 @@ SECRETS = ("heartbeat_registered_servers", '"counts"')
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("worker_class", ["uvicorn", "gthread"])
-def test_no_forwarding_header_gets_past_a_proxy_acl_to_metrics_or_status(live_bridge, tmp_path,
-                                                                        worker_class):
+def test_no_forwarding_header_gets_past_a_proxy_acl_to_metrics_or_status(live_bridge, tmp_path):
     haproxy = require_binary("haproxy")
-    bridge = live_bridge(HEARTBEAT_WORKER_CLASS=worker_class, HEARTBEAT_STATUS_PUBLIC="true")
+    bridge = live_bridge(HEARTBEAT_STATUS_PUBLIC="true")
     front = free_port()
     config = tmp_path / "haproxy.cfg"
     config.write_text(HAPROXY_CFG.format(front=front, back=bridge.port))
@@ -271,10 +269,9 @@ def raw_exchange(port, data):
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("worker_class", ["uvicorn", "gthread"])
-def test_no_token_reaches_the_log_from_malformed_requests(live_bridge, worker_class):
+def test_no_token_reaches_the_log_from_malformed_requests(live_bridge):
     token = "secret-token-MALFORMED-0123"
-    bridge = live_bridge(HEARTBEAT_WORKER_CLASS=worker_class, HEARTBEAT_LOG_LEVEL="debug",
+    bridge = live_bridge(HEARTBEAT_LOG_LEVEL="debug",
                          HEARTBEAT_TOKEN=token, HEARTBEAT_HEADER_TIMEOUT="1",
                          HEARTBEAT_BODY_TIMEOUT="1")
     tok = token.encode()
@@ -302,7 +299,7 @@ def test_no_token_reaches_the_log_from_malformed_requests(live_bridge, worker_cl
     assert bridge.beat("web-1", token).status_code == 200  # the token works
     bridge.stop()
     log = bridge.log()
-    print(f"\n{worker_class}: answers " + ", ".join(a.split(b"\r\n", 1)[0].decode(
+    print("\nanswers " + ", ".join(a.split(b"\r\n", 1)[0].decode(
         errors="replace") or "(closed)" for a in answers))
     assert "[DEBUG]" in log
     assert all(a.startswith(b"HTTP/1.1 4") or not a for a in answers)  # none accepted
@@ -314,13 +311,13 @@ def test_no_token_reaches_the_log_from_malformed_requests(live_bridge, worker_cl
 def test_serving_settings_have_their_defaults_and_refuse_bad_values():
     from bridge.config import ConfigError, Settings
     settings = Settings.from_env({})
-    assert (settings.worker_class, settings.keepalive, settings.header_timeout,
-            settings.body_timeout, settings.trusted_proxies) == ("uvicorn", 75, 10.0, 10.0, ())
+    assert (settings.keepalive, settings.header_timeout,
+            settings.body_timeout, settings.trusted_proxies) == (75, 10.0, 10.0, ())
     assert settings.keepalive > settings.default_interval  # an agent reuses its connection
     proxies = Settings.from_env({"HEARTBEAT_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1"})
     assert proxies.trusted_proxies == ("10.0.0.1", "192.168.0.0/16", "::1")
     for name, value in (("HEARTBEAT_TRUSTED_PROXIES", "proxy.example.org"),
-                        ("HEARTBEAT_WORKER_CLASS", "gevent"),
+                        ("HEARTBEAT_WORKER_CLASS", "gthread"),
                         ("HEARTBEAT_HEADER_TIMEOUT", "0"), ("HEARTBEAT_BODY_TIMEOUT", "nan")):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: value})

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bridge import status
-from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, START, wait_until
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, START, wait_until, write_rows
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FLEET = {"Authorization": f"Bearer {FLEET_TOKEN}"}
@@ -39,7 +39,8 @@ def states(client):
 
 
 @pytest.mark.parametrize("silent,expected", [
-    (0, "up"), (15, "up"), (15.5, "late"), (30, "late"), (30.5, "down"), (3600, "down")])
+    (0, "up"), (15, "up"), (15.5, "late"), (30, "late"), (30.5, "late"), (31, "down"),
+    (3600, "down")])
 def test_state_follows_the_alert_thresholds_in_intervals(client, clock, silent, expected):
     client.post("/api/heartbeat/web-1", headers=FLEET, json={"interval": 10})
     clock.advance(silent)
@@ -113,7 +114,7 @@ def test_json_has_counts_thresholds_and_servers_worst_first(client, clock):
     clock.advance(5)
     body = fleet_status(client)
     assert body["generated_at"] == clock.now
-    assert body["thresholds"] == {"late_after_intervals": 1.5, "down_after_intervals": 3.0,
+    assert body["thresholds"] == {"late_after_intervals": 1.5, "down_after_intervals": 3.05,
                                   "default_interval": 30.0}
     assert body["counts"] == {"up": 1, "late": 0, "down": 1, "never_seen": 1, "paused": 0,
                               "away": 0, "retired": 0, "total": 3}
@@ -320,6 +321,24 @@ def test_an_unchanged_view_answers_304_and_a_changed_one_200(client, clock):
                       headers={**ADMIN, "If-None-Match": etag}).status_code == 304
 
 
+def test_if_none_match_is_evaluated_as_rfc_9110_says(client, clock):
+    """`*` matches whenever a current representation exists (13.1.2), which /api/status
+    always has: a GET answers 304 (13.2.2). A list matches if any member matches weakly.
+    An answer that would not be a 2xx ignores the precondition (13.2.1)."""
+    seed(client, clock)
+    etag = client.get("/api/status", headers=ADMIN).headers["ETag"]
+    for value in ("*", f'"other", {etag}', etag[2:], f"W/{etag[2:]}, W/\"x\""):
+        answer = client.get("/api/status", headers={**ADMIN, "If-None-Match": value})
+        assert (answer.status_code, answer.headers["ETag"]) == (304, etag), value
+    for value in ('"other"', "W/\"other\", \"x\"", ""):
+        assert client.get("/api/status", headers={**ADMIN, "If-None-Match": value}
+                          ).status_code == 200, value
+    bad = client.get("/api/status?sort=nonsense", headers={**ADMIN, "If-None-Match": "*"})
+    assert bad.status_code == 400
+    unauthorised = client.get("/api/status", headers={"If-None-Match": "*"})
+    assert unauthorised.status_code == 401
+
+
 def test_a_snapshot_serves_every_request_until_it_is_max_age_old(app_factory, clock):
     client = app_factory(status_max_age=5).test_client()
     client.post("/api/servers", headers=ADMIN, json={"server_id": "new-1"})
@@ -367,16 +386,8 @@ def test_workers_share_one_snapshot_per_max_age(tmp_path, clock):
 def write_raw(database_url, server_id, **columns):
     """Set columns of a server's row straight in the database, past every input check."""
     sets = ", ".join(f"{name} = ?" for name in columns)
-    sql = f"UPDATE servers SET {sets} WHERE server_id = ?"
-    params = (*columns.values(), server_id)
-    if database_url.startswith("sqlite:///"):
-        import sqlite3
-        with sqlite3.connect(database_url[len("sqlite:///"):]) as conn:
-            assert conn.execute(sql, params).rowcount == 1
-        return
-    import psycopg
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        assert conn.execute(sql.replace("?", "%s"), params).rowcount == 1
+    assert write_rows(database_url, f"UPDATE servers SET {sets} WHERE server_id = ?",
+                      (*columns.values(), server_id)) == 1
 
 
 def strict_loads(text):

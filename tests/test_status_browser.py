@@ -5,12 +5,18 @@ States depend on time, so servers declare intervals of 1-2 s and the tests wait 
 """
 import json
 import math
-import sqlite3
 
 import pytest
 import requests
 
-from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, require_binary, wait_until
+from tests.tools import (
+    ADMIN_TOKEN,
+    FLEET_TOKEN,
+    ROOT,
+    require_binary,
+    wait_until,
+    write_rows,
+)
 
 pytestmark = pytest.mark.live  # every test here starts a real program
 
@@ -338,6 +344,25 @@ def test_server_data_is_shown_as_text_never_as_markup(live_bridge, open_page):
     assert page.evaluate("window.pwned") is None
 
 
+def test_format_characters_stored_before_are_shown_as_what_they_are(live_bridge, open_page,
+                                                                      tmp_path):
+    """A right-to-left override in a host name would make the row read `gnp.evil-bew`
+    reversed; the page names the character instead. The API refuses such values now, so the
+    row is written into the SQLite file as a store from before would hold it."""
+    bridge = start(live_bridge)
+    admin(bridge, "POST", "/api/servers", server_id="web-1")
+    write_rows(f"sqlite:///{tmp_path / 'bridge.db'}",
+               "UPDATE servers SET hostname = ?, agent_version = ?, labels = ? "
+               "WHERE server_id = 'web-1'",
+               ("web-\u202elive.png", "1.0\u200b", '{"team": "d\u2066b"}'))
+    page = open_page(bridge, path="/?state=all")
+    row = page.locator('tr[data-server-id="web-1"]')
+    expect(row).to_contain_text("web-<U+202E>live.png")
+    expect(row).to_contain_text("agent 1.0<U+200B>")
+    expect(row).to_contain_text("team=d<U+2066>b")
+    assert "\u202e" not in row.inner_text()
+
+
 def test_odd_stored_values_blank_nothing(live_bridge, open_page, tmp_path):
     """Values no API accepts, written straight into the SQLite file (issue 13)."""
     bridge = start(live_bridge)
@@ -347,11 +372,11 @@ def test_odd_stored_values_blank_nothing(live_bridge, open_page, tmp_path):
            "odd-away": dict(expected_back=math.inf, boot_time=-math.inf)}
     for server_id in odd:
         admin(bridge, "POST", "/api/servers", server_id=server_id)
-    with sqlite3.connect(tmp_path / "bridge.db") as conn:
-        for server_id, columns in odd.items():
-            sets = ", ".join(f"{name} = ?" for name in columns)
-            conn.execute(f"UPDATE servers SET {sets} WHERE server_id = ?",
-                         (*columns.values(), server_id))
+    for server_id, columns in odd.items():
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        write_rows(f"sqlite:///{tmp_path / 'bridge.db'}",
+                   f"UPDATE servers SET {sets} WHERE server_id = ?",
+                   (*columns.values(), server_id))
     wait_until(lambda: len(api_states(bridge)) == 8, timeout=5, what="every server listed")
     text = requests.get(bridge.url + "/api/status", timeout=5).text
     assert "Infinity" not in text and "NaN" not in text

@@ -1,7 +1,9 @@
 """Since when a bridge has heard beats, and how long it heard none: the time a bridge was
 down or could not reach its store is no server's silence (docs/alerting.md)."""
-from bridge.app import create_app
+from bridge.asgi import BridgeASGI
+from bridge.state import build_state
 from bridge.store import open_store
+from tests.asgi_client import ServedApp
 from tests.test_replicas import TcpProxy
 from tests.tools import (
     FLEET_TOKEN,
@@ -51,9 +53,10 @@ def test_a_store_outage_starts_a_new_stretch_after_it(pg_schema):
         f"?options=-csearch_path%3D{schema}"
     clock = FakeClock()
     store = open_store(url, clock=clock, pool_size=1)
+    app = ServedApp(BridgeASGI(build_state(make_settings(url), store=store, clock=clock,
+                                           rejection_flush_every=0)))
     try:
-        client = create_app(make_settings(url), store=store, clock=clock,
-                            rejection_flush_every=0).test_client()
+        client = app.test_client()
         started = clock.now
         clock.advance(5)
         assert client.post("/api/heartbeat/web-1/", headers=AUTH).status_code == 200
@@ -72,5 +75,6 @@ def test_a_store_outage_starts_a_new_stretch_after_it(pg_schema):
         assert since == clock.now  # the first snapshot after the outage
         assert unheard == clock.now - last_beat  # back to the last beat read before it
     finally:
+        app.stop()
         proxy.stop()
         store.close()

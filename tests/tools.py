@@ -3,12 +3,12 @@ programs a test needs, reading /metrics, and Prometheus. Ports, processes, waits
 bridge come from the harness package (bench uses it too) and are re-exported here."""
 import contextlib
 import os
+import sqlite3
 import uuid
 
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Settings
 from harness import (  # noqa: F401 (the tests import these from here too)
@@ -21,7 +21,11 @@ from harness import (  # noqa: F401 (the tests import these from here too)
     find_binary,
     free_port,
     listening_sockets,
+    per_server,
+    sample_map,
+    total,
     unread_bytes,
+    value,
     wait_http,
     wait_until,
 )
@@ -74,6 +78,40 @@ def postgres_schema():
     finally:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()
+def read_rows(database_url, sql):
+    """The rows of one query, run without any store code. A SQLite file nobody has open (no
+    -wal) is read as immutable, which leaves no -wal or -shm file behind."""
+    if database_url.startswith("sqlite:///"):
+        path = database_url[len("sqlite:///"):]
+        flags = "mode=ro" if os.path.exists(f"{path}-wal") else "mode=ro&immutable=1"
+        conn = sqlite3.connect(f"file:{path}?{flags}", uri=True)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def write_rows(database_url, sql, params=()):
+    """Run one write (`?` placeholders) straight in a store's database, past every check of
+    the bridge, as a writer of this release (which the store's lockout of older releases'
+    writers lets through); return the row count."""
+    from bridge.store import SCHEMA_VERSION
+    from bridge.store.upgrade import WRITER_FUNCTION
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url[len("sqlite:///"):])
+        conn.create_function(WRITER_FUNCTION, 0, lambda: SCHEMA_VERSION)
+        try:
+            with conn:
+                return conn.execute(sql, params).rowcount
+        finally:
+            conn.close()
+    import psycopg
+    with psycopg.connect(database_url) as conn:
+        conn.execute(f"SET LOCAL heartbeat_bridge.writer_schema = '{SCHEMA_VERSION}'")
+        return conn.execute(sql.replace("?", "%s"), params).rowcount
 
 
 def make_settings(database_url, **changes):
@@ -91,30 +129,6 @@ def require_binary(name):
         if IN_CI:
             pytest.fail(str(exc))
         pytest.skip(str(exc))
-
-
-# --- reading /metrics ---------------------------------------------------------------------
-
-def sample_map(text, parse=text_string_to_metric_families):
-    """{(name, sorted labels): value} of every sample of one /metrics answer."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in parse(text) for s in family.samples}
-
-
-def value(samples, name, **labels):
-    return samples[(name, tuple(sorted(labels.items())))]
-
-
-def per_server(text):
-    """The heartbeat_* per-server samples of one /metrics answer."""
-    return {key: v for key, v in sample_map(text).items() if "server_id" in dict(key[1])}
-
-
-def total(text, name, **labels):
-    """The sum of `name`'s samples whose labels include `labels`."""
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 class Prometheus(Process):

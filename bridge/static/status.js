@@ -50,9 +50,17 @@
     return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
   }
 
+  // Format characters (bidi overrides and isolates, zero-width characters) shown as what
+  // they are: a stored host name cannot make its row read differently from its data.
+  const FORMAT = /\p{Cf}/gu;
+  function visible(text) {
+    return String(text).replace(FORMAT, (c) =>
+      "<U+" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + ">");
+  }
+
   function el(tag, text, className) {
     const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = text;
+    if (text !== undefined && text !== null) node.textContent = visible(text);
     if (className) node.className = className;
     return node;
   }
@@ -95,7 +103,7 @@
     if (tag === "th") td.scope = "row";
     const value = el("div", null, "value");
     [].concat(content).forEach((part) => {
-      value.append(typeof part === "string" ? document.createTextNode(part) : part);
+      value.append(typeof part === "string" ? document.createTextNode(visible(part)) : part);
     });
     td.append(value);
     return td;
@@ -114,7 +122,7 @@
       if (!detail) return;
       const line = el("span", null, "detail line");
       if (typeof detail === "string") {
-        line.textContent = detail;
+        line.textContent = visible(detail);
       } else {
         line.append(detail[0], exactTime(detail[1]));
       }

@@ -254,7 +254,9 @@ class Store(Protocol):
 
     def create_schema(self) -> None:
         """Create or upgrade the tables; safe when several workers or replicas start at
-        once. Raises StoreError if the database's schema is newer than this bridge's."""
+        once. An upgrade runs in one transaction and is logged (bridge.store.upgrade); a
+        SQLite file is copied next to itself first. Raises StoreError if the database's
+        schema is newer than this bridge's."""
 
     def schema_version(self) -> int:
         """The schema version the database is at."""
@@ -288,13 +290,20 @@ class Store(Protocol):
 
     def credentials(self, server_id: str) -> "Credentials":
         """The server's token hashes valid now (current first, then the previous one during
-        a rotation) and whether the current one is confirmed; none for an unknown server."""
+        a rotation or a pending enrolment) and whether the current one is confirmed; none for
+        an unknown server. Read under the server's row lock: inside a batch, a decision
+        taken on it holds until the batch commits."""
 
     def token_hashes(self, server_id: str) -> List[str]:
         """credentials(server_id).hashes."""
 
+    def enrol(self, server_id: str, token_hash: str, keep_pending_for: float) -> bool:
+        """Issue an unconfirmed token unless the current one is confirmed (then False, and
+        nothing changes); a pending token issued before stays valid `keep_pending_for` s."""
+
     def confirm_token(self, server_id: str, token_hash: str) -> None:
-        """Mark the current token confirmed if it is `token_hash` (else do nothing)."""
+        """The first use of an issued token (the current one, or a pending one still valid)
+        makes it the only token; nothing changes once a token is confirmed."""
 
     def host_pause(self, server_id: str, until: float, reason: Optional[str],
                    policy: "BeatPolicy") -> "Server":
@@ -317,6 +326,9 @@ class Store(Protocol):
 
     def list(self) -> "List[Server]":
         """Every server, by id."""
+
+    def count(self) -> int:
+        """How many servers there are (retired ones included): the fleet's size."""
 
     def list_unsettled(self, now: float, silent_intervals: float, default_interval: float
                        ) -> "Tuple[int, List[Server]]":
@@ -379,6 +391,25 @@ class Store(Protocol):
         """Insert or overwrite the servers of export_rows(); add the counters."""
 
 
+class DriverMissingError(StoreError):
+    """A postgresql:// URL, and the PostgreSQL driver is not installed."""
+
+    exit_code = 2
+
+    def __init__(self) -> None:
+        super().__init__("a postgresql:// database URL needs the PostgreSQL driver (psycopg), "
+                         "which is not installed: pip install 'heartbeat-bridge[postgres]'")
+
+
+def require_postgres_driver() -> None:
+    """Return if psycopg and its pool can be imported; DriverMissingError otherwise."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise DriverMissingError() from None
+
+
 SQLITE_PREFIX = "sqlite:///"
 POSTGRESQL_PREFIXES = ("postgresql://", "postgres://")
 
@@ -393,16 +424,26 @@ def database_kind(url: str) -> Optional[str]:
     return None
 
 
+def sqlite_path(url: str) -> Optional[str]:
+    """The file of a sqlite:///PATH URL; None for any other."""
+    return url[len(SQLITE_PREFIX):] if database_kind(url) == "sqlite" else None
+
+
 def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
-    """A Store for a database URL: sqlite:///path or postgresql://..."""
-    kind = database_kind(url)
-    if kind == "sqlite":
+    """A Store for a database URL: sqlite:///path or postgresql://...
+
+    `max_host_silence` (seconds, HEARTBEAT_MAX_HOST_SILENCE_HOURS) is how a migration from
+    schema 2 tells a host's maintenance window from an operator's pause (bridge.store.sql)."""
+    path = sqlite_path(url)
+    if path:
         from bridge.store.sqlite import SQLiteStore
-        return SQLiteStore(url[len(SQLITE_PREFIX):], clock=clock, **options)
-    if kind == "postgresql":
+        return SQLiteStore(path, clock=clock, **options)
+    if database_kind(url) == "postgresql":
+        require_postgres_driver()
         from bridge.store.postgres import PostgresStore
         return PostgresStore(url, clock=clock, **options)
-    raise ValueError(f"unsupported database URL: {url!r}")
+    from bridge.config import mask_url
+    raise ValueError(f"unsupported database URL: {mask_url(url)!r}")
 
 
 def rate_limit(tat: Optional[float], now: float, interval: float, burst: int

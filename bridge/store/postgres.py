@@ -15,9 +15,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bridge.store import Clock, StoreError, StoreUnavailableError
+from bridge import __version__
+from bridge.config import mask_url
+from bridge.store import SCHEMA_VERSION, Clock, StoreError, StoreUnavailableError, upgrade
 from bridge.store.batch import Batches
-from bridge.store.sql import SQLStore
+from bridge.store.sql import DEFAULT_MAX_HOST_SILENCE, SQLStore
 
 log = logging.getLogger("bridge")
 
@@ -31,8 +33,13 @@ CONNECT_DEFAULTS = {
     "keepalives_idle": "10",
     "keepalives_interval": "5",
     "keepalives_count": "2",
-    "application_name": "heartbeat-bridge",
+    # with the release, so pg_stat_activity shows which replicas an upgrade still waits for
+    "application_name": f"heartbeat-bridge/{__version__}",
 }
+# Every write transaction says which schema its code writes (a custom setting, sent in the
+# write's first pipeline: no round trip of its own); upgrade.POSTGRES_WRITER_LOCKOUT refuses
+# the writes of sessions that do not.
+_WRITER = f"SET LOCAL heartbeat_bridge.writer_schema = '{SCHEMA_VERSION}'"
 # One consistent snapshot for reads that take several statements (snapshot()).
 _READ_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # Statements held back by _QmarkCursor until one that is read (their answers never are);
@@ -103,18 +110,13 @@ class PostgresStore(Batches, SQLStore):
     """
 
     for_update = " FOR UPDATE"
+    backend_migrations = upgrade.POSTGRES_WRITER_LOCKOUT
 
     def __init__(self, url: str, clock: Clock = time.time, pool_size: int = 4,
-                 timeout: float = 5.0, **_: Any) -> None:
-        super().__init__(clock)
-        try:
-            params = conninfo_to_dict(url)
-        except psycopg.ProgrammingError as exc:
-            raise StoreError(f"invalid PostgreSQL URL: {exc}") from None
-        for key, value in CONNECT_DEFAULTS.items():
-            params.setdefault(key, value)
-        self.conninfo = make_conninfo("", **params)
-        self.where = _describe(params)
+                 timeout: float = 5.0, max_host_silence: float = DEFAULT_MAX_HOST_SILENCE,
+                 **_: Any) -> None:
+        super().__init__(clock, max_host_silence)
+        self.conninfo, self.where = _conninfo(url)
         self.pool_size = pool_size
         self.timeout = timeout
         # pools of a parent process: kept, never closed, in a child
@@ -223,6 +225,8 @@ class PostgresStore(Batches, SQLStore):
         self._ensure_schema()
         with self._translate_errors(), self._checked_out() as conn, conn.cursor() as cur:
             cur.hold("BEGIN" if write else _READ_BEGIN)
+            if write:
+                cur.hold(_WRITER)
             try:
                 yield cur
                 cur.execute("COMMIT")
@@ -241,6 +245,29 @@ class PostgresStore(Batches, SQLStore):
         if self._pool is not None:
             self._pool.close(timeout=self.timeout)
             self._pool, self._pid = None, None
+
+
+def _conninfo(url):
+    """(libpq connection string with CONNECT_DEFAULTS, host:port/dbname for messages)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise StoreError(f"invalid PostgreSQL URL: {mask_url(str(exc).strip())}") from None
+    for key, value in CONNECT_DEFAULTS.items():
+        params.setdefault(key, value)
+    return make_conninfo("", **params), _describe(params)
+
+
+def read_only_rows(url: str, sql: str) -> List[Any]:
+    """The rows of one query, in a read-only transaction of a connection of its own (no
+    schema is created or checked: check-config)."""
+    conninfo, where = _conninfo(url)
+    try:
+        with psycopg.connect(conninfo) as conn:
+            conn.read_only = True
+            return conn.execute(sql).fetchall()
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreUnavailableError(f"postgresql {where}: {_first_line(exc)}") from exc
 
 
 def _recording_connection(errors):

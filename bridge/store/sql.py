@@ -24,6 +24,7 @@ from bridge.store import (
     StoreError,
     UnknownServerError,
     rate_limit,
+    upgrade,
 )
 from bridge.validate import Beat
 
@@ -52,18 +53,34 @@ SCHEMA = [
     )""",
     "CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count BIGINT NOT NULL)",
 ]
-# Upgrades from the version before; SCHEMA above is version 1 and never changes.
-MIGRATIONS = {
+# Upgrades from the version before; SCHEMA above is version 1 and never changes. Each
+# says how it reads the data of the version before. A `?` in a statement is the latest end
+# a host's maintenance window could have at the moment of the upgrade (now plus
+# HEARTBEAT_MAX_HOST_SILENCE_HOURS).
+MIGRATIONS: Dict[int, List[str]] = {
+    # Goodbyes and retirement; no server had either before.
     2: ["ALTER TABLE servers ADD COLUMN expected_back DOUBLE PRECISION",
         "ALTER TABLE servers ADD COLUMN retired_at DOUBLE PRECISION"],
     # Enrolment, and who paused or retired a server (a host cannot undo an operator).
-    # Tokens set before enrolment existed were all given out by an operator: confirmed.
     3: ["ALTER TABLE servers ADD COLUMN token_confirmed INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE servers ADD COLUMN paused_by TEXT",
         "ALTER TABLE servers ADD COLUMN retired_by TEXT",
+        # Tokens set before enrolment existed were all given out by an operator: confirmed,
+        # so the fleet token no longer speaks for those servers.
         "UPDATE servers SET token_confirmed = 1 WHERE token_hash IS NOT NULL",
-        "UPDATE servers SET paused_by = 'operator' WHERE paused = 1"],
+        # Schema 2 stored a host's window and an operator's pause alike. One ending within
+        # the bound a host may ask for may be a host's window: read as the host's, so that
+        # host can still end it early. One with no end (no host could ask for that) or
+        # ending later stays the operator's, which no host can end.
+        "UPDATE servers SET paused_by = CASE WHEN paused_until IS NOT NULL AND "
+        "paused_until <= ? THEN 'host' ELSE 'operator' END WHERE paused <> 0",
+        # Nor did it say who retired a server (an operator, its own goodbye, or silence):
+        # every old retirement is read as an operator's, so no beat undoes it; an operator
+        # brings a server back (unretire).
+        "UPDATE servers SET retired_by = 'operator' WHERE retired_at IS NOT NULL"],
 }
+# The longest maintenance window a host may ask for unless the settings say otherwise.
+DEFAULT_MAX_HOST_SILENCE = 72 * 3600.0
 
 # Every column, in the order export_rows() yields and import_rows() takes them.
 ALL_COLUMNS = ("server_id", "labels", "registered_interval", "declared_interval", "last_seen",
@@ -88,9 +105,14 @@ class SQLStore:
     for_update = ""  # row lock clause for read-modify-write (PostgreSQL: " FOR UPDATE")
 
     where = "the database"  # backends say more: a path, a host and database
+    # Statements a backend adds to a migration, after MIGRATIONS[version]: its lockout of
+    # older releases' writers (bridge.store.upgrade).
+    backend_migrations: Mapping[int, Sequence[str]] = {}
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = time.time,
+                 max_host_silence: float = DEFAULT_MAX_HOST_SILENCE) -> None:
         self.clock = clock
+        self.max_host_silence = max_host_silence
 
     # -- backend hooks -------------------------------------------------------------------
     @contextmanager
@@ -103,7 +125,9 @@ class SQLStore:
 
     # -- schema --------------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create or upgrade tables; safe when several workers or replicas start at once."""
+        """Create or upgrade tables; safe when several workers or replicas start at once.
+        An upgrade is logged, with what the upgraded store holds; a failed one keeps none
+        of its changes (one transaction)."""
         with self._transaction(write=True) as cur:
             self._lock(cur, "schema")
             for statement in SCHEMA:
@@ -115,11 +139,18 @@ class SQLStore:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"the database schema is version {version}, newer than this "
                                  f"bridge understands ({SCHEMA_VERSION}); upgrade the bridge")
+            if version == SCHEMA_VERSION:
+                return
+            if row is not None:
+                upgrade.log_start(version)
+            window_end = self.clock() + self.max_host_silence
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    cur.execute(statement)
+                for statement in [*MIGRATIONS[target], *self.backend_migrations.get(target, ())]:
+                    cur.execute(statement, (window_end,) * statement.count("?"))
                 cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                             (str(target),))
+            if row is not None:
+                upgrade.log_result(cur, version)
 
     def schema_version(self) -> int:
         with self._transaction(write=False) as cur:
@@ -148,9 +179,14 @@ class SQLStore:
                     self._insert_locked(cur, server_id, now, policy.max_servers)
                     row = (None, None, None)
             registered, declared, tat = row
-            if beat.interval and beat.interval > policy.max_agent_interval and not registered:
-                raise IntervalTooLongError(beat.interval, policy.max_agent_interval)
-            interval = registered or beat.interval or declared or policy.default_interval
+            declaring = beat.interval
+            if declaring and declaring > policy.max_agent_interval:
+                if not registered:
+                    raise IntervalTooLongError(declaring, policy.max_agent_interval)
+                # Pinned by an operator: the beat counts, but a declaration over the cap is
+                # not kept (it would take effect the day the operator unpins).
+                declaring = None
+            interval = registered or declaring or declared or policy.default_interval
             tat, retry_after = rate_limit(tat, now, interval, policy.rate_limit_burst)
             if retry_after is not None:
                 raise RateLimitedError(retry_after)
@@ -162,7 +198,7 @@ class SQLStore:
                 "boot_time = COALESCE(?, boot_time), clock_skew = COALESCE(?, clock_skew), "
                 "seq = COALESCE(?, seq), expected_back = NULL, " + _UNLESS_OPERATOR_RETIRED +
                 "WHERE server_id = ?",
-                (now, tat, beat.interval, beat.hostname, beat.agent_version, beat.boot_time,
+                (now, tat, declaring, beat.hostname, beat.agent_version, beat.boot_time,
                  skew, beat.seq, server_id))
         return now, interval
 
@@ -190,6 +226,10 @@ class SQLStore:
 
     def list(self) -> List[Server]:
         return self.snapshot().servers
+
+    def count(self) -> int:
+        with self._transaction(write=False) as cur:
+            return int(_one(cur, "SELECT COUNT(*) FROM servers")[0])
 
     def list_unsettled(self, now: float, silent_intervals: float, default_interval: float
                        ) -> Tuple[int, List[Server]]:
@@ -219,18 +259,20 @@ class SQLStore:
         return _server(row, {})
 
     def credentials(self, server_id: str) -> Credentials:
-        """The per-server token hashes valid now (current, and the previous during a rotation)
-        and whether the current one is confirmed; no hashes for an unknown server."""
-        with self._transaction(write=False) as cur:
+        """The per-server token hashes valid now (current, and the previous during a rotation
+        or while an enrolment is pending) and whether the current one is confirmed; no hashes
+        for an unknown server. Read under the row's lock: inside a batch, what is decided on
+        it holds until the batch commits (two replicas cannot both enrol one id)."""
+        with self._transaction(write=True) as cur:
             row = _one(cur, "SELECT token_hash, prev_token_hash, prev_token_until, "
-                            "token_confirmed FROM servers WHERE server_id = ?", (server_id,))
+                            "token_confirmed FROM servers WHERE server_id = ?"
+                       + self.for_update, (server_id,))
         if row is None:
             return Credentials([], False)
         current, previous, until, confirmed = row
         valid = [current] if current else []
         if previous and until and until > self.clock():
             valid.append(previous)
-        # the current token comes first: confirming is for it, never for the previous one
         return Credentials(valid, bool(current and confirmed))
 
     def token_hashes(self, server_id: str) -> List[str]:
@@ -347,12 +389,29 @@ class SQLStore:
         return self._update(server_id, "prev_token_hash = NULL, prev_token_until = NULL, "
                                        "token_hash = ?, token_confirmed = ?", [token_hash, flag])
 
-    def confirm_token(self, server_id: str, token_hash: str) -> None:
-        """Mark the server's current token confirmed if it is `token_hash`; from then on the
-        fleet token no longer speaks for the server."""
+    def enrol(self, server_id: str, token_hash: str, keep_pending_for: float) -> bool:
+        """Issue an unconfirmed token to a server that has no confirmed one; a token issued
+        before and not yet used stays valid `keep_pending_for` s (its host may be about to
+        use it). False, changing nothing, when the server's current token is confirmed."""
         with self._transaction(write=True) as cur:
-            cur.execute("UPDATE servers SET token_confirmed = 1 WHERE server_id = ? AND "
-                        "token_hash = ?", (server_id, token_hash))
+            cur.execute("UPDATE servers SET prev_token_hash = token_hash, "
+                        "prev_token_until = CASE WHEN token_hash IS NULL THEN NULL ELSE ? END, "
+                        "token_hash = ?, token_confirmed = 0 "
+                        "WHERE server_id = ? AND token_confirmed = 0",
+                        (self.clock() + keep_pending_for, token_hash, server_id))
+            return cur.rowcount == 1
+
+    def confirm_token(self, server_id: str, token_hash: str) -> None:
+        """The first use of an issued token: if `token_hash` is the current token, or a
+        pending one still valid, it becomes the server's confirmed token and every other is
+        dropped; from then on the fleet token no longer speaks for the server. Nothing
+        changes once a token is confirmed."""
+        with self._transaction(write=True) as cur:
+            cur.execute("UPDATE servers SET token_hash = ?, token_confirmed = 1, "
+                        "prev_token_hash = NULL, prev_token_until = NULL "
+                        "WHERE server_id = ? AND token_confirmed = 0 AND (token_hash = ? OR "
+                        "(prev_token_hash = ? AND prev_token_until > ?))",
+                        (token_hash, server_id, token_hash, token_hash, self.clock()))
 
     def remove(self, server_id: str) -> None:
         with self._transaction(write=True) as cur:

@@ -5,11 +5,11 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Iterator
 
-from bridge.store import Clock, StoreUnavailableError
+from bridge.store import SCHEMA_VERSION, Clock, StoreUnavailableError, upgrade
 from bridge.store.batch import Batches
-from bridge.store.sql import SQLStore
+from bridge.store.sql import DEFAULT_MAX_HOST_SILENCE, SQLStore
 
 
 class SQLiteStore(Batches, SQLStore):
@@ -26,10 +26,12 @@ class SQLiteStore(Batches, SQLStore):
     """
 
     read_savepoints = False  # a failed read leaves a SQLite transaction usable (Batches)
+    backend_migrations = upgrade.SQLITE_WRITER_LOCKOUT
 
     def __init__(self, path: str, clock: Clock = time.time, busy_timeout: float = 5.0,
-                 synchronous: str = "NORMAL", **_: Any) -> None:
-        super().__init__(clock)
+                 synchronous: str = "NORMAL", max_host_silence: float = DEFAULT_MAX_HOST_SILENCE,
+                 **_: Any) -> None:
+        super().__init__(clock, max_host_silence)
         self.path = os.path.abspath(path)
         self.where = self.path
         self.busy_timeout = busy_timeout
@@ -46,12 +48,23 @@ class SQLiteStore(Batches, SQLStore):
             conn.execute("PRAGMA journal_mode=WAL")
         self.create_schema()
 
-    def _connection(self):
+    def create_schema(self) -> None:
+        """Create or upgrade the tables; before an upgrade, a copy of the file is made next
+        to it (there is no way back to an older bridge without it)."""
+        version = upgrade.stored_version(f"sqlite:///{self.path}")
+        if version is not None and version < SCHEMA_VERSION:
+            with self._translate_errors():
+                upgrade.back_up_sqlite(self._connection(), self.path, version)
+        super().create_schema()
+
+    def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
+        # Says which schema this code writes: the lockout lets only such writers through.
+        conn.create_function(upgrade.WRITER_FUNCTION, 0, _writer_schema, deterministic=True)
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         self._local.conn, self._local.pid = conn, os.getpid()
@@ -59,7 +72,7 @@ class SQLiteStore(Batches, SQLStore):
         return conn
 
     @contextmanager
-    def _write_lock(self):
+    def _write_lock(self) -> Iterator[None]:
         """One writer at a time per process (threads), then per file (processes)."""
         with self._thread_lock:
             fd = self._local.lock_fd
@@ -70,14 +83,14 @@ class SQLiteStore(Batches, SQLStore):
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextmanager
-    def _translate_errors(self):
+    def _translate_errors(self) -> Iterator[None]:
         try:
             yield
         except sqlite3.OperationalError as exc:
             raise StoreUnavailableError(f"sqlite {self.path}: {exc}") from exc
 
     @contextmanager
-    def _begin(self, write):
+    def _begin(self, write: bool) -> Iterator[sqlite3.Cursor]:
         """A transaction of its own on this thread's connection (see Batches)."""
         with self._translate_errors():
             conn = self._connection()
@@ -106,3 +119,7 @@ class SQLiteStore(Batches, SQLStore):
             conn.close()
             os.close(self._local.lock_fd)
             self._local.conn = None
+
+
+def _writer_schema() -> int:
+    return SCHEMA_VERSION

@@ -1,18 +1,16 @@
 """The HTTP edge: Flask blueprints. Nothing below this package imports Flask."""
 import logging
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import Mapping, Optional
 
 from flask import Response, current_app
 
 from bridge.errors import encode, error_body
-
-if TYPE_CHECKING:
-    from bridge.app import BridgeState
+from bridge.state import BridgeState
 
 log = logging.getLogger("bridge")
 
 
-def state() -> "BridgeState":
+def state() -> BridgeState:
     """The BridgeState of the running app (settings, store, auth, counters)."""
     return current_app.extensions["heartbeat"]
 

@@ -3,7 +3,8 @@
 Errors answer as they describe themselves (bridge.views.errors)."""
 from typing import Any, Dict, Optional, Tuple
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge import admin
 from bridge.store import Server
@@ -24,9 +25,24 @@ def require_admin() -> Optional[Response]:
     return None
 
 
+@bp.after_request
+def private(response: Response) -> Response:
+    """Admin answers carry tokens and the fleet's data: for no cache, and never sniffed."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _body() -> Dict[str, Any]:
-    """The JSON object sent, {} for an empty body; 400/415 otherwise (as every endpoint)."""
-    return parse_object(request.get_data(cache=True), request.content_type)
+    """The JSON object sent, {} for an empty body; 400/415 otherwise (as every endpoint), 413
+    over MAX_CONTENT_LENGTH, chunked or sized."""
+    data = request.get_data(cache=True)
+    # werkzeug stops a body without Content-Length at the limit and returns what it read:
+    # a body cut there must be refused, not parsed (it may even be valid JSON).
+    if len(data) >= (current_app.config["MAX_CONTENT_LENGTH"] or 0) and \
+            request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return parse_object(data, request.content_type)
 
 
 def _server_json(server: Server, status: int = 200, **extra: Any) -> Response:

@@ -3,16 +3,16 @@
 Also, with the same tokens, what a host says about itself: `POST .../<id>/goodbye`
 (clean stop, back within a time, or retired) and `POST|DELETE .../<id>/maintenance`.
 
-The busiest endpoint by far, so it is a plain WSGI app mounted beside Flask (as
-/metrics is): Flask's request and response machinery cost about 170 us of the 240 us a
-beat took in-process, and this path needs none of it.
+The busiest endpoint by far, so it is served natively in the worker's event loop
+(bridge.asgi), not through Flask: Flask's request and response machinery cost about
+170 us of the 240 us a beat took in-process, and this path needs none of it.
 """
-import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from bridge import admin
-from bridge.errors import BridgeError, error_body, wsgi_answer
-from bridge.http_metrics import Observe
+from bridge.auth import Caller
+from bridge.errors import BridgeError, error_body
+from bridge.state import BridgeState
 from bridge.store import StoreUnavailableError
 from bridge.validate import (
     MAX_BODY_BYTES,
@@ -23,13 +23,14 @@ from bridge.validate import (
 )
 from bridge.views import log
 
-if TYPE_CHECKING:
-    from bridge.app import BridgeState
-
 # (status, JSON body, extra headers)
 Answer = Tuple[int, Dict[str, Any], List[Tuple[str, str]]]
 
 PREFIX = "/api/heartbeat"
+
+# On every answer: an enrolment answer carries a token, and no answer is for a cache or
+# for content sniffing.
+PRIVATE = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 
 # What a host is told when the store is down: its beat was not kept (the errors' own
 # words everywhere else: bridge.errors).
@@ -37,27 +38,13 @@ NOT_RECORDED = "the store is unavailable; nothing was recorded, retry"
 
 
 class BeatEndpoint:
-    """WSGI app for PREFIX/<server_id>[/]; the answer is sent only after the store commit."""
+    """The answers of PREFIX/<server_id>[/...] from plain values; bridge.asgi reads the
+    request in the event loop, runs handle() in the group commit, and sends the answer only
+    after the commit."""
 
-    def __init__(self, bridge_state: "BridgeState", observe: Observe) -> None:
+    def __init__(self, bridge_state: BridgeState) -> None:
         self.state = bridge_state
-        self.observe = observe  # observe(handler, code, seconds): request metrics
-
-    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]
-                 ) -> List[bytes]:
-        started = time.perf_counter()
-        server_id, action = _route(environ.get("PATH_INFO", ""))
-        try:
-            body = _read_body(environ)
-        except InvalidInputError as exc:
-            status, body, headers = self._reject(server_id, exc.reason, exc.status, exc.message)
-        else:
-            status, body, headers = self.handle(
-                environ["REQUEST_METHOD"], server_id, action,
-                environ.get("HTTP_AUTHORIZATION"), environ.get("CONTENT_TYPE"), body)
-        answer = wsgi_answer(start_response, status, body, headers)
-        self.observe(action or "beat", status, time.perf_counter() - started)
-        return answer
+        self.observe = bridge_state.observe  # observe(handler, code, seconds)
 
     def handle(self, method: str, server_id: str, action: str, authorization: Optional[str],
                content_type: Optional[str], body: bytes) -> Answer:
@@ -69,21 +56,23 @@ class BeatEndpoint:
         methods = _ACTIONS[action]
         if method not in methods:
             allowed = ", ".join(sorted(methods))
-            return 405, error_body("method_not_allowed", f"use {allowed}"), [("Allow", allowed)]
+            return 405, error_body("method_not_allowed", f"use {allowed}"), [("Allow", allowed),
+                                                                             *PRIVATE]
         hb = self.state
         try:
             check_server_id(server_id)
             if len(body) > MAX_BODY_BYTES:
                 raise _too_large()
             caller = hb.auth.check_beat(hb.store, server_id, authorization)
-            answer = methods[method](hb, server_id, body, content_type)
+            answer = methods[method](hb, caller, server_id, body, content_type)
             if caller.confirm and caller.token_hash is not None:
                 hb.store.confirm_token(server_id, caller.token_hash)
             elif caller.kind == "fleet" and hb.auth.enrolment:
                 # Until the server uses a token of its own, every fleet-token request is
                 # answered with a new one: a lost answer never locks the host out.
-                answer["token"] = admin.enrol(hb.store, server_id)
-            return 200, answer, []
+                answer["token"] = admin.enrol(hb.store, server_id,
+                                              hb.policy.max_agent_interval)
+            return 200, answer, list(PRIVATE)
         except StoreUnavailableError as exc:
             log.error("beat for %r not recorded: %s", server_id, exc)
             return self.unavailable(server_id)
@@ -98,26 +87,40 @@ class BeatEndpoint:
         return self._reject(server_id, exc.reason, exc.status, NOT_RECORDED, exc.headers())
 
 
-    def _reject(self, server_id, reason, status, message, headers=()):
+    def _reject(self, server_id: str, reason: str, status: int, message: str,
+                headers: Iterable[Tuple[str, str]] = ()) -> Answer:
         self.state.rejections.add(reason)
-        log.debug("rejected beat for %r: %s", server_id[:128], reason)
-        headers = list(headers)
+        if reason == "enrolled":  # names the id HeartbeatEnrolmentConflict is about
+            log.warning("the fleet token was refused for %r, which uses its own token: that "
+                        "host lost its token file, or another host enrolled the id",
+                        server_id[:128])
+        else:
+            log.debug("rejected beat for %r: %s", server_id[:128], reason)
+        extra = [*headers, *PRIVATE]
         if status == 401:
-            headers.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
+            extra.append(("WWW-Authenticate", 'Bearer realm="heartbeat-bridge"'))
         if status == 413:
-            headers.append(("Connection", "close"))  # the rest of the body is not read
-        return status, error_body(reason, message), headers
+            extra.append(("Connection", "close"))  # the rest of the body is not read
+        return status, error_body(reason, message), extra
 
 
-def _beat(hb, server_id, body, content_type):
+def _beat(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+          content_type: Optional[str]) -> Dict[str, Any]:
     beat = parse_beat(body, content_type)
     received_at, interval = hb.store.record_beat(server_id, beat, hb.policy)
     return {"server_id": server_id, "received_at": received_at, "interval": interval}
 
 
-def _goodbye(hb, server_id, body, content_type):
-    """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed."""
+def _goodbye(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+             content_type: Optional[str]) -> Dict[str, Any]:
+    """A clean stop: the rules stay silent until `back_within` (default 15 min) has passed.
+    Retiring has no end (the server is forgotten after retention), so only the server's own
+    token may: the fleet token could otherwise retire every id without a confirmed token,
+    servers an operator registered without one included."""
     data = parse_object(body, content_type)
+    if data.get("retire") is True and caller.kind != "server":
+        raise InvalidInputError("own_token_required", "retiring a server needs its own token; "
+                                "the fleet token only enrols (an operator can retire it)", 403)
     expected_back = admin.goodbye(hb.store, server_id, hb.policy, hb.max_host_silence,
                                   data.get("back_within"), data.get("retire", False))
     server = hb.store.get(server_id)
@@ -125,7 +128,8 @@ def _goodbye(hb, server_id, body, content_type):
             "retired": server.retired_at is not None}
 
 
-def _maintenance_start(hb, server_id, body, content_type):
+def _maintenance_start(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+                       content_type: Optional[str]) -> Dict[str, Any]:
     data = parse_object(body, content_type)
     server = admin.host_maintenance(hb.store, server_id, hb.policy, hb.max_host_silence,
                                     duration=data.get("for"), until=data.get("until"),
@@ -134,7 +138,8 @@ def _maintenance_start(hb, server_id, body, content_type):
             "reason": server.pause_reason}
 
 
-def _maintenance_end(hb, server_id, body, content_type):
+def _maintenance_end(hb: BridgeState, caller: Caller, server_id: str, body: bytes,
+                     content_type: Optional[str]) -> Dict[str, Any]:
     admin.host_resume(hb.store, server_id, hb.policy)
     return {"server_id": server_id, "paused_until": None, "reason": None}
 
@@ -147,7 +152,7 @@ _ACTIONS = {
 }
 
 
-def _route(path):
+def route(path: str) -> Tuple[str, str]:
     """(server_id, action) of '/<id>[/]' or '/<id>/<action>[/]'; an unknown action leaves the
     whole path as the id, which then fails validation."""
     path = path[1:]
@@ -157,23 +162,5 @@ def _route(path):
     return (server_id, action) if action in _ACTIONS else (path, "")
 
 
-def _content_length(environ):
-    try:
-        return int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise InvalidInputError("invalid_request", "Content-Length is not a number") from None
-
-
-def _too_large():
+def _too_large() -> InvalidInputError:
     return InvalidInputError("body_too_large", f"the body is over {MAX_BODY_BYTES} bytes", 413)
-
-
-def _read_body(environ):
-    """Read at most MAX_BODY_BYTES + 1 bytes, so a chunked flood is cut off early (handle()
-    refuses what is longer than MAX_BODY_BYTES)."""
-    stream = environ.get("wsgi.input")
-    length = _content_length(environ)
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if stream is None or (not length and not chunked):
-        return b""
-    return stream.read(MAX_BODY_BYTES + 1 if chunked else min(length, MAX_BODY_BYTES + 1))

@@ -10,8 +10,6 @@ from typing import Optional
 from flask import Blueprint, Response, current_app, render_template, request
 
 from bridge.status import DOWN_AFTER, LATE_AFTER, STATE_NAMES, STATES
-from bridge.status_answer import status_answer, status_snapshots
-from bridge.status_cache import SnapshotCache
 from bridge.status_query import parse_query
 from bridge.views import error, state
 
@@ -54,7 +52,7 @@ def no_caching(response: Response) -> Response:
     return response
 
 
-def _presented_token():
+def _presented_token() -> Optional[str]:
     """The bearer token, or the basic-auth password; None when neither was sent."""
     auth = request.authorization
     if auth is None:
@@ -80,18 +78,14 @@ def status_json() -> Response:
 
     Answers 304 to `If-None-Match` with the ETag of an answer whose counts, rows and
     paging are unchanged; only the times relative to `generated_at` may have moved.
-    Under `heartbeat-bridge serve` the worker's render process computes it
-    (bridge.render), so building a snapshot never holds the worker's event loop.
+    The worker's renderer computes it (bridge.renderer): for a large fleet, the host's
+    render process, so building a snapshot never holds a worker's event loop.
     """
     hb = state()
     args = request.args.to_dict()  # the first value of each parameter, as parse_query reads
     parse_query(args)  # a bad query is a 400 here, before any work
     if_none_match = request.headers.get("If-None-Match", "")
-    if hb.renderer is not None:
-        etag, text = hb.renderer.status(args, if_none_match)
-    else:
-        etag, text = status_answer(_snapshots(), args, hb.settings.default_interval,
-                                   if_none_match)
+    etag, text = hb.renderer.status(args, if_none_match)
     if text is None:
         response = current_app.response_class(status=304)
     else:
@@ -99,13 +93,3 @@ def status_json() -> Response:
     response.set_etag(etag, weak=True)
     return response
 
-
-def _snapshots() -> SnapshotCache:
-    """This app's SnapshotCache, made on first use."""
-    extensions = current_app.extensions
-    cache = extensions.get("status_snapshots")
-    if cache is None:
-        hb = state()
-        cache = extensions.setdefault("status_snapshots",
-                                      status_snapshots(hb.store, hb.settings))
-    return cache
