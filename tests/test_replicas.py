@@ -248,7 +248,9 @@ def test_a_database_outage_answers_503_and_the_bridge_recovers_without_restart(l
         print("during the outage:", answers)
         for path, (status, retry_after, seconds) in answers.items():
             assert status == 503, path
-            assert seconds < 8, (path, seconds)
+            # bounded by the store's 5 s timeout (a /metrics may wait out two store calls),
+            # well short of the client's 20 s: a wide bound that still tells it from a hang
+            assert seconds < 15, (path, seconds)
             assert retry_after, path
         assert not beat(bridge, "before").ok
 
