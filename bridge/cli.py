@@ -14,8 +14,9 @@ from bridge.arguments import QuietParser
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
+from bridge.server_view import server_json
 from bridge.serving import last_beat
-from bridge.store import Store, StoreUnavailableError, database_kind, sqlite_path
+from bridge.store import Server, Store, StoreUnavailableError, database_kind, sqlite_path
 from bridge.validate import InvalidInputError
 
 GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
@@ -159,8 +160,9 @@ def check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- servers ---------------------------------------------------------------------------------
-def _print_server(data: Dict[str, Any], as_json: bool = False) -> None:
-    """One server as the admin API shows it (Server.as_dict), as JSON or one field a line."""
+def _print_server(adm: admin.Admin, server: Server, as_json: bool = False) -> None:
+    """One server as the admin API shows it (server_json), as JSON or one field a line."""
+    data = server_json(server, time.time(), adm.default_interval)
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -188,8 +190,10 @@ def servers_list(args: argparse.Namespace, settings: Settings) -> None:
              "page": args.page, "per_page": args.per_page}
     query = parse_query({k: v for k, v in given.items() if v is not None},
                         per_page=None, max_per_page=10**9)
-    servers = select_servers(_admin(args, settings).list(), query, time.time(),
-                             settings.default_interval)
+    adm = _admin(args, settings)
+    now = time.time()
+    servers = [dict(server_json(server, now, adm.default_interval), state=state)
+               for server, state in select_servers(adm.list(), query, now, adm.default_interval)]
     if args.json:
         print(json.dumps(servers, indent=2))
         return
@@ -204,42 +208,50 @@ def servers_list(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def servers_show(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).get(args.server_id), args.json)
+    adm = _admin(args, settings)
+    _print_server(adm, adm.get(args.server_id), args.json)
 
 
 def servers_register(args: argparse.Namespace, settings: Settings) -> None:
-    server, token = _admin(args, settings).register(
-        args.server_id, interval=args.interval, labels=_labels(args.label), with_token=args.token)
-    _print_server(server)
+    adm = _admin(args, settings)
+    server, token = adm.register(args.server_id, interval=args.interval,
+                                 labels=_labels(args.label), with_token=args.token)
+    _print_server(adm, server)
     if token:
         print(f"token                {token}")
 
 
 def servers_relabel(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).relabel(args.server_id, _labels(args.label)))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.relabel(args.server_id, _labels(args.label)))
 
 
 def servers_set_interval(args: argparse.Namespace, settings: Settings) -> None:
     interval = None if args.interval == "agent" else _number(args.interval, "interval")
-    _print_server(_admin(args, settings).set_interval(args.server_id, interval))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.set_interval(args.server_id, interval))
 
 
 def servers_pause(args: argparse.Namespace, settings: Settings) -> None:
     until = None if args.until is None else _number(args.until, "--until")
-    _print_server(_admin(args, settings).pause(args.server_id, duration=args.for_, until=until,
-                                               reason=args.reason))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.pause(args.server_id, duration=args.for_, until=until,
+                                 reason=args.reason))
 
 
 def servers_resume(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).resume(args.server_id))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.resume(args.server_id))
 
 
 def servers_retire(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).retire(args.server_id))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.retire(args.server_id))
 
 
 def servers_unretire(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).retire(args.server_id, retired=False))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.retire(args.server_id, retired=False))
 
 
 def servers_remove(args: argparse.Namespace, settings: Settings) -> None:

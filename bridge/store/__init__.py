@@ -180,40 +180,6 @@ class Server(NamedTuple):
             return "open"
         return "enrolled" if self.token_confirmed else "pending"
 
-    def as_dict(self, now: float, default_interval: float) -> Dict[str, Any]:
-        """The server as JSON-ready values; a stored NaN or infinity reads as None, so no
-        answer ever carries a value strict JSON cannot hold."""
-        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
-                for key, value in self._values(now, default_interval).items()}
-
-    def _values(self, now: float, default_interval: float) -> Dict[str, Any]:
-        return {
-            "server_id": self.server_id,
-            "labels": self.labels,
-            "interval": self.interval(default_interval),
-            "registered_interval": self.registered_interval,
-            "declared_interval": self.declared_interval,
-            "last_seen": self.last_seen or None,
-            "beats_total": self.beats_total,
-            "paused": self.is_paused(now),
-            "paused_until": self.paused_until if self.is_paused(now) else None,
-            "pause_reason": self.pause_reason if self.is_paused(now) else None,
-            "registered_at": self.created_at,
-            "hostname": self.hostname,
-            "agent_version": self.agent_version,
-            "boot_time": self.boot_time,
-            "clock_skew": self.clock_skew,
-            "seq": self.seq,
-            "has_token": self.has_token,
-            "enrolment": self.enrolment,
-            "paused_by": self.paused_by if self.is_paused(now) else None,
-            "retired_by": self.retired_by if self.retired_at is not None else None,
-            "expected_back": self.expected_back,
-            "away": self.is_away(now),
-            "retired": self.retired_at is not None,
-            "retired_at": self.retired_at,
-        }
-
 
 @dataclass(frozen=True)
 class Snapshot:
