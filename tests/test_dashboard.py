@@ -322,8 +322,9 @@ def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
               for row in prometheus.query(substitute(state_panel["targets"][0]["expr"]))}
     assert states == {"web-1": 0, "db-1": 0, "gone-1": 2, "maint-1": 3, "never-1": 4,
                       "away-1": 5, "old-1": 6}
-    # Silence is measured at the scrape: a server beating every second reads under 2 s.
-    assert -0.5 < prometheus.value('heartbeat:silence_seconds:max{server_id="web-1"}') < 2
+    # Silence is measured at the scrape: a server beating every second reads a second or
+    # two; the bound leaves room for a loaded machine.
+    assert -0.5 < prometheus.value('heartbeat:silence_seconds:max{server_id="web-1"}') < 10
 
 
 @pytest.mark.parametrize("selected, allowed", [
