@@ -22,7 +22,6 @@ from tests.tools import (
     Process,
     bridge_env,
     free_port,
-    postgres_schema_url,
     read_rows,
     wait_until,
     write_rows,
@@ -166,25 +165,20 @@ def write_rows_as_0_1(url, sql):
         conn.execute(sql)
 
 
-@pytest.mark.postgresql
-def test_new_replicas_starting_together_on_an_old_store_migrate_it_once(caplog):
-    conn, schema, url = postgres_schema_url()
-    try:
-        previous_release.load_dump(schema)
-        barrier = threading.Barrier(3)
+def test_new_replicas_starting_together_on_an_old_store_migrate_it_once(caplog, pg_schema):
+    _, schema, url = pg_schema
+    previous_release.load_dump(schema)
+    barrier = threading.Barrier(3)
 
-        def start(_):
-            barrier.wait(timeout=10)
-            return open_store(url, clock=lambda: T0 + 60, pool_size=1)
+    def start(_):
+        barrier.wait(timeout=10)
+        return open_store(url, clock=lambda: T0 + 60, pool_size=1)
 
-        with caplog.at_level(logging.INFO, logger="bridge"):
-            with ThreadPoolExecutor(3) as pool:
-                stores = list(pool.map(start, range(3)))
-        assert [s.schema_version() for s in stores] == [SCHEMA_VERSION] * 3
-        assert caplog.text.count("migrating the store from schema 2") == 1
-        stores[0].record_beat("web-fleet", parse_beat(b"", None), BeatPolicy(rate_limit_burst=0))
-        for store in stores:
-            store.close()
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        with ThreadPoolExecutor(3) as pool:
+            stores = list(pool.map(start, range(3)))
+    assert [s.schema_version() for s in stores] == [SCHEMA_VERSION] * 3
+    assert caplog.text.count("migrating the store from schema 2") == 1
+    stores[0].record_beat("web-fleet", parse_beat(b"", None), BeatPolicy(rate_limit_burst=0))
+    for store in stores:
+        store.close()
