@@ -159,7 +159,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self._count(len(name) + len(value) + 4)
         super().on_header(name, value)
 
-    def _count(self, size):
+    def _count(self, size: int) -> None:
         """Headers that arrived whole in one read: uvicorn answers 400 to what this raises."""
         self._parsed_bytes += size
         if self._parsed_bytes > MAX_HEADER_BYTES:
@@ -173,7 +173,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self._enter("idle", None)
         super().on_message_complete()
 
-    def _enter(self, phase, timeout):
+    def _enter(self, phase: str, timeout: Optional[float]) -> None:
         self._cancel()
         self._phase = phase
         if phase == "headers":
@@ -181,18 +181,18 @@ class TimedHttpProtocol(HttpToolsProtocol):
         if timeout is not None:
             self._timer = self.loop.call_later(timeout, self._expired)
 
-    def _cancel(self):
+    def _cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _expired(self):
+    def _expired(self) -> None:
         self._timer = None
         log.debug("closing a connection from %s: %s not received in time",
                   self.client[0] if self.client else "?", self._phase)
         self._refuse(_TIMEOUT if self._header_bytes or self._phase == "body" else b"")
 
-    def _refuse(self, answer):
+    def _refuse(self, answer: bytes) -> None:
         """Answer (unless a response has begun) and close; the app sees a disconnect."""
         self._cancel()
         if self.transport.is_closing():

@@ -83,8 +83,12 @@ def test_goodbye_tells_the_bridge_when_the_host_is_back(bridge, flags, settings,
 
 
 @pytest.mark.live
-def test_goodbye_retire_retires_the_server(bridge):
+def test_goodbye_retire_retires_the_server_with_its_own_token_only(bridge):
     known(bridge, "old-1")
+    code, err, _ = say(bridge.url, "old-1", "--goodbye", "--retire")  # the fleet token
+    assert code == 1 and "HTTP 403 own_token_required" in err, err
+    assert metric(bridge, "heartbeat_retired", "old-1") == 0
+    assert say(bridge.url, "old-1", "--once")[0] == 0  # enrols: its own token, kept
     code, err, _ = say(bridge.url, "old-1", "--goodbye", "--retire")
     assert (code, err) == (0, "heartbeat-agent: goodbye: old-1 is retired; no alert for it "
                               "until it beats again\n")

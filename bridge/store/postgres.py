@@ -8,9 +8,10 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, List, Optional
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple, Type, cast
 
 import psycopg
+from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -50,7 +51,7 @@ _COLUMN_REWRITES = (("server_id TEXT PRIMARY KEY", 'server_id TEXT COLLATE "C" P
 
 
 @functools.lru_cache(maxsize=512)
-def _to_pyformat(sql):
+def _to_pyformat(sql: str) -> str:
     """sql.py's `?` placeholders as psycopg's `%s` (its SQL holds no literal `?` or `%`)."""
     for old, new in _COLUMN_REWRITES:
         sql = sql.replace(old, new)
@@ -66,29 +67,31 @@ class _QmarkCursor(psycopg.Cursor):
     Reading `rowcount` sends what is held first.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._held = []
+        self._held: List[Tuple[str, Optional[Params]]] = []
 
-    def hold(self, query, params=None):
+    def hold(self, query: str, params: Optional[Params] = None) -> None:
         self._held.append((_to_pyformat(query), params or None))
 
-    def execute(self, query, params=None, **kwargs):
+    def execute(  # type: ignore[override]  # str only: the SQL of sql.py
+        self, query: str, params: Optional[Params] = None, **kwargs: Any
+    ) -> "_QmarkCursor":
         self.hold(query, params)
         if not query.startswith(_HELD_VERBS):
             self._send(**kwargs)
         return self
 
     @property
-    def rowcount(self):
+    def rowcount(self) -> int:
         self._send()
         return super().rowcount
 
-    def discard(self):
+    def discard(self) -> None:
         """Forget what is held (the transaction is being rolled back)."""
         self._held = []
 
-    def _send(self, **kwargs):
+    def _send(self, **kwargs: Any) -> None:
         statements, self._held = self._held, []
         if len(statements) == 1:
             super().execute(*statements[0], **kwargs)
@@ -141,7 +144,7 @@ class PostgresStore(Batches, SQLStore):
             raise
 
     # -- connections ---------------------------------------------------------------------
-    def _ensure_schema(self):
+    def _ensure_schema(self) -> None:
         """Create or check the schema once, at the first transaction that reaches the database."""
         if self._schema_ready:
             return
@@ -159,12 +162,13 @@ class PostgresStore(Batches, SQLStore):
             finally:
                 self._schema_busy = False
 
-    def _current_pool(self):
+    def _current_pool(self) -> ConnectionPool:
+        # _pool is set whenever _pid is this process's (the two change together)
         if self._pid == os.getpid():
-            return self._pool
+            return cast(ConnectionPool, self._pool)
         with self._setup_lock:
             if self._pid == os.getpid():
-                return self._pool  # another thread opened it meanwhile
+                return cast(ConnectionPool, self._pool)  # another thread opened it meanwhile
             self._forget_inherited()
             self._pool = ConnectionPool(
                 self.conninfo, min_size=1, max_size=self.pool_size, timeout=self.timeout,
@@ -177,7 +181,7 @@ class PostgresStore(Batches, SQLStore):
             self._pid = os.getpid()
             return self._pool
 
-    def _forget_inherited(self):
+    def _forget_inherited(self) -> None:
         """Set aside a parent process's pool without closing it: closing (or finalizing) its
         connections here would end the parent's sessions, which share the sockets."""
         if self._pool is not None and self._pid != os.getpid():
@@ -185,7 +189,7 @@ class PostgresStore(Batches, SQLStore):
             self._pool = None
 
     @contextmanager
-    def _checked_out(self):
+    def _checked_out(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection. One whose server end has closed (a database restart, a
         network cut) is replaced before use, so the first request after an outage does
         not fail on it; a live idle connection costs no round trip to check."""
@@ -208,7 +212,7 @@ class PostgresStore(Batches, SQLStore):
             return
 
     @contextmanager
-    def _translate_errors(self):
+    def _translate_errors(self) -> Iterator[None]:
         try:
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -220,10 +224,12 @@ class PostgresStore(Batches, SQLStore):
             raise StoreUnavailableError(f"postgresql {self.where}: {reason}") from exc
 
     @contextmanager
-    def _begin(self, write):
+    def _begin(self, write: bool) -> Iterator[_QmarkCursor]:
         """A transaction of its own on a pooled connection (see Batches)."""
         self._ensure_schema()
-        with self._translate_errors(), self._checked_out() as conn, conn.cursor() as cur:
+        # a _QmarkCursor: the pool's connections are made with cursor_factory=_QmarkCursor
+        with self._translate_errors(), self._checked_out() as conn, \
+                cast(_QmarkCursor, conn.cursor()) as cur:
             cur.hold("BEGIN" if write else _READ_BEGIN)
             if write:
                 cur.hold(_WRITER)
@@ -235,7 +241,7 @@ class PostgresStore(Batches, SQLStore):
                 _rollback(conn)
                 raise
 
-    def _lock(self, cur, name):
+    def _lock(self, cur: _QmarkCursor, name: str) -> None:
         """A transaction-scoped advisory lock, per name and per schema."""
         cur.hold("SELECT pg_advisory_xact_lock(?::integer, "
                  "hashtext(COALESCE(current_schema(), '')))", (_lock_key(name),))
@@ -247,7 +253,7 @@ class PostgresStore(Batches, SQLStore):
             self._pool, self._pid = None, None
 
 
-def _conninfo(url):
+def _conninfo(url: str) -> Tuple[str, str]:
     """(libpq connection string with CONNECT_DEFAULTS, host:port/dbname for messages)."""
     try:
         params = conninfo_to_dict(url)
@@ -270,12 +276,12 @@ def read_only_rows(url: str, sql: str) -> List[Any]:
         raise StoreUnavailableError(f"postgresql {where}: {_first_line(exc)}") from exc
 
 
-def _recording_connection(errors):
+def _recording_connection(errors: Deque[Exception]) -> Type[psycopg.Connection[Any]]:
     """psycopg's Connection class, noting in `errors` why the pool could not connect."""
 
     class Connection(psycopg.Connection):
         @classmethod
-        def connect(cls, conninfo="", **kwargs):
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> "Connection":
             try:
                 conn = super().connect(conninfo, **kwargs)
             except psycopg.OperationalError as exc:
@@ -287,13 +293,13 @@ def _recording_connection(errors):
     return Connection
 
 
-def _lock_key(name):
+def _lock_key(name: str) -> int:
     """A stable 32-bit key for a lock name (Python's hash() changes per process)."""
     digest = hashlib.blake2b(f"heartbeat-bridge:{name}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _has_input(conn):
+def _has_input(conn: psycopg.Connection[Any]) -> bool:
     """True when the connection's socket has something to read (or has closed)."""
     try:
         poller = select.poll()
@@ -303,7 +309,7 @@ def _has_input(conn):
         return True
 
 
-def _rollback(conn):
+def _rollback(conn: psycopg.Connection[Any]) -> None:
     if conn.broken or conn.info.transaction_status == TransactionStatus.IDLE:
         return  # nothing was sent, or the server ended the transaction itself
     try:
@@ -312,11 +318,11 @@ def _rollback(conn):
         log.debug("rollback failed: %s", exc)
 
 
-def _describe(params):
+def _describe(params: Dict[str, Any]) -> str:
     """host:port/dbname of a connection, for messages (never the password)."""
     host = params.get("host") or params.get("hostaddr") or "localhost"
     return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
 
 
-def _first_line(exc):
+def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
