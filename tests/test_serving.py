@@ -321,3 +321,35 @@ def test_serving_settings_have_their_defaults_and_refuse_bad_values():
                         ("HEARTBEAT_HEADER_TIMEOUT", "0"), ("HEARTBEAT_BODY_TIMEOUT", "nan")):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: value})
+
+
+def data_segments_in(sock):
+    """Segments with data this socket has received (Linux tcp_info.tcpi_data_segs_in)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[152:156], "little")
+
+
+def test_a_beat_and_a_status_answer_each_arrive_in_one_segment(live_bridge):
+    """Status line, headers and body go out in one send: a second send per answer costs
+    the bridge a syscall and the agent's host a segment."""
+    bridge = live_bridge(HEARTBEAT_RATE_LIMIT_BURST="0")
+    with socket.create_connection(("127.0.0.1", bridge.port), timeout=5) as sock:
+        body = b'{"seq": 1}'
+        requests_sent = [
+            b"POST /api/heartbeat/one-segment/ HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + FLEET_TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"]
+        for request in requests_sent:
+            before = data_segments_in(sock)
+            sock.sendall(request)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            while len(rest) < length:
+                rest += sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert data_segments_in(sock) - before == 1, (request[:30], head)
