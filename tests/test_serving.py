@@ -329,6 +329,7 @@ def data_segments_in(sock):
     return int.from_bytes(info[152:156], "little")
 
 
+@pytest.mark.live
 def test_a_beat_and_a_status_answer_each_arrive_in_one_segment(live_bridge):
     """Status line, headers and body go out in one send: a second send per answer costs
     the bridge a syscall and the agent's host a segment."""
