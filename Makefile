@@ -76,10 +76,10 @@ test: install-test deb-deps postgres
 	$(MAKE) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make test-fast: the in-process tests on SQLite (a test that starts a program is skipped
-## when it tries: tests/conftest.py). About 45 s on two busy cores; `make test` runs all.
+## make test-fast: the tests that start no program and need no PostgreSQL server (markers
+## `live` and `postgresql`, kept true by tests/conftest.py); `make test` runs all.
 test-fast: install-test
-	$(BIN)/python -m pytest --in-process -k "not postgresql" -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not live and not postgresql" -q $(PYTEST_ARGS)
 
 bench: install-bench deb-deps postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "agent"))  # the agent as an operator has it: one 
 
 import heartbeat_agent as ha  # noqa: E402
 
-from tests.tools import Bridge, wait_until  # noqa: E402
+from harness import Bridge, wait_until  # noqa: E402
 
 AGENT = ROOT / "agent" / "heartbeat_agent.py"
 TOKEN = secrets.token_urlsafe(32)  # 43 characters, like the tokens the bridge issues

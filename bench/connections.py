@@ -25,7 +25,7 @@ import requests
 
 from bench.agents import Fleet, beat_request, once, percentile, raise_own_limit
 from bench.peers import TOKEN, BridgePeer, bridge_source
-from tests.tools import ROOT, total, wait_until
+from harness import ROOT, total, wait_until
 
 RESULTS = ROOT / "bench" / "results"
 # A hard limit "as high as the machine allows": systemd gives services 524288, but a process

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from bench import load
-from tests.tools import ROOT, Process, free_port, wait_until
+from harness import ROOT, Process, free_port, wait_until
 
 TOKEN = "bench-fleet-token-0123456789"
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"

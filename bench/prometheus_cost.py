@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from bench.peers import BridgePeer, PushgatewayPeer, bridge_source, rss_bytes
-from tests.tools import ROOT, Process, free_port, require_binary, wait_until
+from harness import ROOT, Process, find_binary, free_port, wait_until
 
 RESULTS = ROOT / "bench" / "results"
 PEERS = ("bridge-full", "bridge-lean", "pushgateway")
@@ -39,7 +39,7 @@ class Scraper:
                                           {"targets": [f"127.0.0.1:{target_port}"]}]}]}
         path = workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        self.process = Process([require_binary("prometheus"), f"--config.file={path}",
+        self.process = Process([find_binary("prometheus"), f"--config.file={path}",
                                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                                 f"--web.listen-address=127.0.0.1:{self.port}"],
                                name="prometheus").start()
@@ -143,7 +143,7 @@ def main(argv=None):
     parser.add_argument("--peers", default=",".join(PEERS), type=lambda s: s.split(","))
     parser.add_argument("--bridge", default="HEAD", help="git revision, or worktree")
     args = parser.parse_args(argv)
-    require_binary("prometheus")
+    find_binary("prometheus")
     loads = [load_average()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-prometheus-cost-") as tmp:

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from bench.wrk import run_wrk
 from bridge.store import open_store
 from bridge.store.sql import ALL_COLUMNS
-from tests.tools import Bridge
+from harness import Bridge
 
 TOKEN = "bench-fleet-token-0123"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"

@@ -3,7 +3,7 @@
 Each function validates raw input (as it comes from JSON or the command line), makes
 one store call and returns the result; errors are InvalidInputError or the store's.
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from bridge.auth import enrolled_error, hash_token, new_token
 from bridge.config import Settings
@@ -20,7 +20,64 @@ from bridge.validate import (
 )
 
 MAX_REASON = 256
-ServerJSON = Dict[str, Any]  # a server as the admin API shows it (Server.as_dict)
+
+
+class Admin(Protocol):
+    """The operations `heartbeat-bridge` offers on servers and tokens, wherever they run:
+    StoreAdmin on a store it opened, bridge.remote.RemoteAdmin through a bridge's admin API.
+
+    Unless a method says otherwise: a server comes back as a store's Server (showing it is
+    the caller's: bridge.server_view); a bad argument raises InvalidInputError and an
+    unknown id UnknownServerError, both before anything changes; a store that cannot be
+    reached raises
+    StoreUnavailableError (locally) or RemoteError (through the API: also a refused admin
+    token), having changed nothing. Each call is one store transaction.
+    """
+
+    default_interval: float  # what a server that neither pinned nor declared one is held to
+
+    def list(self) -> List[Server]:
+        """Every server, ordered by id."""
+
+    def get(self, server_id: str) -> Server:
+        """One server."""
+
+    def register(self, server_id: str, interval: Optional[float] = None,
+                 labels: Optional[Dict[str, str]] = None, with_token: bool = False
+                 ) -> Tuple[Server, Optional[str]]:
+        """Register a server; (server, its new token or None unless `with_token`). Raises
+        ServerExistsError for a known id, ServerLimitError at the server cap."""
+
+    def relabel(self, server_id: str, labels: Dict[str, str]) -> Server:
+        """Replace the server's operator labels."""
+
+    def set_interval(self, server_id: str, interval: Optional[float]) -> Server:
+        """Pin the interval (None: follow what the agent declares)."""
+
+    def pause(self, server_id: str, duration: Optional[str] = None,
+              until: Optional[float] = None, reason: Optional[str] = None) -> Server:
+        """Pause alerting for a duration ('2h'), until a Unix time, or (neither) until
+        resumed; at most one of the two."""
+
+    def resume(self, server_id: str) -> Server:
+        """End a pause, whoever started it."""
+
+    def retire(self, server_id: str, retired: bool = True) -> Server:
+        """Retire the server (no alerts; forgotten later), or bring it back."""
+
+    def remove(self, server_id: str) -> None:
+        """Forget the server and its token."""
+
+    def rotate_token(self, server_id: str, keep_previous_for: Optional[str] = None) -> str:
+        """A new token for the server (only its hash is kept); the old one stays valid for
+        `keep_previous_for` ('10m'), else ends now."""
+
+    def revoke_token(self, server_id: str) -> None:
+        """Drop the server's own token: the fleet token may enrol it again."""
+
+    def forget_silent(self, days: float) -> int:
+        """Remove servers silent for `days` days; how many. RemoteError through the API,
+        which has no such operation."""
 
 
 def register(store: Store, settings: Settings, server_id: Any, interval: Any = None,
@@ -170,49 +227,41 @@ def forget_silent(store: Store, days: Any) -> int:
 
 
 class StoreAdmin:
-    """The operations `heartbeat-bridge` offers, on a store it opened itself.
-
-    bridge.remote.RemoteAdmin offers the same methods through a bridge's admin API. Both
-    return servers as the admin API shows them (Server.as_dict) and raise the same errors,
-    so each CLI command is written once.
-    """
+    """Admin on a store the CLI opened itself (the type checker holds it to Admin)."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.default_interval = settings.default_interval
 
-    def _shown(self, server: Server) -> ServerJSON:
-        return server.as_dict(self.store.clock(), self.settings.default_interval)
+    def list(self) -> List[Server]:
+        return self.store.list()
 
-    def list(self) -> List[ServerJSON]:
-        return [self._shown(s) for s in self.store.list()]
-
-    def get(self, server_id: str) -> ServerJSON:
-        return self._shown(self.store.get(server_id))
+    def get(self, server_id: str) -> Server:
+        return self.store.get(server_id)
 
     def register(self, server_id: str, interval: Optional[float] = None,
                  labels: Optional[Dict[str, str]] = None, with_token: bool = False
-                 ) -> Tuple[ServerJSON, Optional[str]]:
+                 ) -> Tuple[Server, Optional[str]]:
         server, token = register(self.store, self.settings, server_id, interval=interval,
                                  labels=labels, with_token=with_token)
-        return self._shown(server), token
+        return server, token
 
-    def relabel(self, server_id: str, labels: Dict[str, str]) -> ServerJSON:
-        return self._shown(relabel(self.store, server_id, labels))
+    def relabel(self, server_id: str, labels: Dict[str, str]) -> Server:
+        return relabel(self.store, server_id, labels)
 
-    def set_interval(self, server_id: str, interval: Optional[float]) -> ServerJSON:
-        return self._shown(set_interval(self.store, server_id, interval))
+    def set_interval(self, server_id: str, interval: Optional[float]) -> Server:
+        return set_interval(self.store, server_id, interval)
 
     def pause(self, server_id: str, duration: Optional[str] = None,
-              until: Optional[float] = None, reason: Optional[str] = None) -> ServerJSON:
-        return self._shown(pause(self.store, server_id, duration=duration, until=until,
-                                 reason=reason))
+              until: Optional[float] = None, reason: Optional[str] = None) -> Server:
+        return pause(self.store, server_id, duration=duration, until=until, reason=reason)
 
-    def resume(self, server_id: str) -> ServerJSON:
-        return self._shown(resume(self.store, server_id))
+    def resume(self, server_id: str) -> Server:
+        return resume(self.store, server_id)
 
-    def retire(self, server_id: str, retired: bool = True) -> ServerJSON:
-        return self._shown(retire(self.store, server_id, retired))
+    def retire(self, server_id: str, retired: bool = True) -> Server:
+        return retire(self.store, server_id, retired)
 
     def remove(self, server_id: str) -> None:
         remove(self.store, server_id)
@@ -225,3 +274,4 @@ class StoreAdmin:
 
     def forget_silent(self, days: float) -> int:
         return forget_silent(self.store, days)
+

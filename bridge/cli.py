@@ -7,21 +7,18 @@ import os
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from bridge import __version__, admin, logs
 from bridge.arguments import QuietParser
 from bridge.config import ConfigError, Settings, check_url, read_secret_file
 from bridge.errors import BridgeError
 from bridge.remote import RemoteError
+from bridge.server_view import server_json
 from bridge.serving import last_beat
-from bridge.store import Store, StoreUnavailableError
-
-if TYPE_CHECKING:
-    from bridge.remote import RemoteAdmin
+from bridge.store import Server, Store, StoreUnavailableError, database_kind, sqlite_path
 from bridge.validate import InvalidInputError
 
-Admin = Union[admin.StoreAdmin, "RemoteAdmin"]  # the same methods, either way
 GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
 
 
@@ -75,7 +72,7 @@ def _remote(args: argparse.Namespace, settings: Settings) -> Settings:
     return settings
 
 
-def _admin(args: argparse.Namespace, settings: Settings) -> "Admin":
+def _admin(args: argparse.Namespace, settings: Settings) -> admin.Admin:
     """Where the servers and tokens commands act: the store, or a bridge's admin API."""
     if not settings.url:
         return admin.StoreAdmin(_store(settings), settings)
@@ -147,8 +144,9 @@ def check_config(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name} = {value}")
     url = settings.database_url
     version = stored_version(url)
-    if version is None and url.startswith("sqlite:///"):
-        print(f"store: {os.path.abspath(url[len('sqlite:///'):])} does not exist yet")
+    path = sqlite_path(url)
+    if version is None and path:
+        print(f"store: {os.path.abspath(path)} does not exist yet")
     else:
         print("store: reachable")
     print(f"store schema: {'none yet' if version is None else version} "
@@ -162,8 +160,9 @@ def check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- servers ---------------------------------------------------------------------------------
-def _print_server(data: Dict[str, Any], as_json: bool = False) -> None:
-    """One server as the admin API shows it (Server.as_dict), as JSON or one field a line."""
+def _print_server(adm: admin.Admin, server: Server, as_json: bool = False) -> None:
+    """One server as the admin API shows it (server_json), as JSON or one field a line."""
+    data = server_json(server, time.time(), adm.default_interval)
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -184,14 +183,17 @@ def _iso(ts: float) -> str:
 
 def servers_list(args: argparse.Namespace, settings: Settings) -> None:
 
-    from bridge.status_query import parse_query, select_servers
+    from bridge.server_list import select_servers
+    from bridge.status_query import parse_query
     # The filters of /api/status and the status page (bridge/status_query.py).
     given = {"state": args.state, "q": args.filter, "sort": args.sort, "order": args.order,
              "page": args.page, "per_page": args.per_page}
     query = parse_query({k: v for k, v in given.items() if v is not None},
                         per_page=None, max_per_page=10**9)
-    servers = select_servers(_admin(args, settings).list(), query, time.time(),
-                             settings.default_interval)
+    adm = _admin(args, settings)
+    now = time.time()
+    servers = [dict(server_json(server, now, adm.default_interval), state=state)
+               for server, state in select_servers(adm.list(), query, now, adm.default_interval)]
     if args.json:
         print(json.dumps(servers, indent=2))
         return
@@ -206,42 +208,50 @@ def servers_list(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def servers_show(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).get(args.server_id), args.json)
+    adm = _admin(args, settings)
+    _print_server(adm, adm.get(args.server_id), args.json)
 
 
 def servers_register(args: argparse.Namespace, settings: Settings) -> None:
-    server, token = _admin(args, settings).register(
-        args.server_id, interval=args.interval, labels=_labels(args.label), with_token=args.token)
-    _print_server(server)
+    adm = _admin(args, settings)
+    server, token = adm.register(args.server_id, interval=args.interval,
+                                 labels=_labels(args.label), with_token=args.token)
+    _print_server(adm, server)
     if token:
         print(f"token                {token}")
 
 
 def servers_relabel(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).relabel(args.server_id, _labels(args.label)))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.relabel(args.server_id, _labels(args.label)))
 
 
 def servers_set_interval(args: argparse.Namespace, settings: Settings) -> None:
     interval = None if args.interval == "agent" else _number(args.interval, "interval")
-    _print_server(_admin(args, settings).set_interval(args.server_id, interval))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.set_interval(args.server_id, interval))
 
 
 def servers_pause(args: argparse.Namespace, settings: Settings) -> None:
     until = None if args.until is None else _number(args.until, "--until")
-    _print_server(_admin(args, settings).pause(args.server_id, duration=args.for_, until=until,
-                                               reason=args.reason))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.pause(args.server_id, duration=args.for_, until=until,
+                                 reason=args.reason))
 
 
 def servers_resume(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).resume(args.server_id))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.resume(args.server_id))
 
 
 def servers_retire(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).retire(args.server_id))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.retire(args.server_id))
 
 
 def servers_unretire(args: argparse.Namespace, settings: Settings) -> None:
-    _print_server(_admin(args, settings).retire(args.server_id, retired=False))
+    adm = _admin(args, settings)
+    _print_server(adm, adm.retire(args.server_id, retired=False))
 
 
 def servers_remove(args: argparse.Namespace, settings: Settings) -> None:
@@ -267,11 +277,11 @@ def tokens_revoke(args: argparse.Namespace, settings: Settings) -> None:
 def migrate(args: argparse.Namespace, settings: Settings) -> None:
     """Copy every server and counter from a SQLite file into PostgreSQL; safe to re-run."""
     from bridge.store import open_store, require_postgres_driver
-    path = args.source[len("sqlite:///"):] if args.source.startswith("sqlite:///") else ""
+    path = sqlite_path(args.source)
     if not path or not os.path.isfile(path):
         raise ConfigError(f"--from: expected sqlite:///PATH of an existing file, "
                           f"got {args.source!r}")
-    if not args.target.startswith(("postgresql://", "postgres://")):
+    if database_kind(args.target) != "postgresql":
         raise ConfigError(f"--to: expected postgresql://..., got {args.target!r}")
     require_postgres_driver()
     from psycopg import ProgrammingError

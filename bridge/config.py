@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from bridge.cpus import default_workers
+from bridge.store import BeatPolicy, database_kind
 
 DEFAULT_DATABASE_URL = "sqlite:///var/heartbeat.db"
 MAX_INTERVAL = 86400.0
@@ -25,7 +26,7 @@ class Settings:
     fleet_tokens: tuple = ()
     admin_token: str = ""
     allow_unauthenticated: bool = False
-    auto_register: bool = True
+    auto_register: bool = BeatPolicy.auto_register
     workers: int = 2  # from the environment: one per available CPU (bridge.cpus)
     threads: int = 4
     timeout: int = 30
@@ -33,12 +34,13 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     trusted_proxies: tuple = ()
-    max_servers: int = 100000
-    default_interval: float = 30.0
-    rate_limit_burst: int = 10
+    # what a beat is held to: the store's BeatPolicy defaults, written there once
+    max_servers: int = BeatPolicy.max_servers
+    default_interval: float = BeatPolicy.default_interval
+    rate_limit_burst: int = BeatPolicy.rate_limit_burst
     enrolment: bool = True
     max_host_silence_hours: float = 72.0
-    max_agent_interval: float = 3600.0
+    max_agent_interval: float = BeatPolicy.max_agent_interval
     forget_after_days: float = 0.0
     auto_retire_after_days: float = 0.0
     retired_retention_days: float = 7.0
@@ -68,11 +70,12 @@ class Settings:
                               "removed; every worker is an event loop: unset it")
         settings = cls(
             bind=reader.bind("HEARTBEAT_BIND", cls.bind),
-            database_url=reader.database_url("HEARTBEAT_DATABASE_URL", DEFAULT_DATABASE_URL),
+            database_url=reader.database_url("HEARTBEAT_DATABASE_URL", cls.database_url),
             fleet_tokens=reader.token_list("HEARTBEAT_TOKEN"),
             admin_token=reader.secret("HEARTBEAT_ADMIN_TOKEN"),
-            allow_unauthenticated=reader.boolean("HEARTBEAT_ALLOW_UNAUTHENTICATED", False),
-            auto_register=reader.boolean("HEARTBEAT_AUTO_REGISTER", True),
+            allow_unauthenticated=reader.boolean("HEARTBEAT_ALLOW_UNAUTHENTICATED",
+                                                 cls.allow_unauthenticated),
+            auto_register=reader.boolean("HEARTBEAT_AUTO_REGISTER", cls.auto_register),
             # One event loop per CPU this process may use (affinity, cgroup quota), at most 8.
             workers=reader.integer("HEARTBEAT_WORKERS", default_workers(), 1, 64),
             threads=reader.integer("HEARTBEAT_THREADS", cls.threads, 1, 64),
@@ -92,30 +95,32 @@ class Settings:
                                             0, 10000),
             # The fleet token only enrols: it obtains a server's own token, then stops
             # speaking for that server. off: the fleet token speaks for every server.
-            enrolment=reader.boolean("HEARTBEAT_ENROLMENT", True),
+            enrolment=reader.boolean("HEARTBEAT_ENROLMENT", cls.enrolment),
             # The longest silence a host may plan for itself (maintenance, goodbye); an
             # operator's pause has no such bound.
-            max_host_silence_hours=reader.number("HEARTBEAT_MAX_HOST_SILENCE_HOURS", 72.0,
-                                                 0.1, 24 * 366.0),
+            max_host_silence_hours=reader.number("HEARTBEAT_MAX_HOST_SILENCE_HOURS",
+                                                 cls.max_host_silence_hours, 0.1, 24 * 366.0),
             # The longest interval an agent may declare; an operator's set-interval may go
             # up to the bridge-wide maximum.
-            max_agent_interval=reader.number("HEARTBEAT_MAX_AGENT_INTERVAL", 3600.0,
+            max_agent_interval=reader.number("HEARTBEAT_MAX_AGENT_INTERVAL", cls.max_agent_interval,
                                              MIN_INTERVAL, MAX_INTERVAL),
-            forget_after_days=reader.number("HEARTBEAT_FORGET_AFTER_DAYS", 0.0, 0.0, 36500.0),
-            auto_retire_after_days=reader.number("HEARTBEAT_AUTO_RETIRE_AFTER_DAYS", 0.0, 0.0,
-                                                 36500.0),
-            retired_retention_days=reader.number("HEARTBEAT_RETIRED_RETENTION_DAYS", 7.0, 0.0,
-                                                 36500.0),
-            status_public=reader.boolean("HEARTBEAT_STATUS_PUBLIC", False),
+            forget_after_days=reader.number("HEARTBEAT_FORGET_AFTER_DAYS", cls.forget_after_days,
+                                            0.0, 36500.0),
+            auto_retire_after_days=reader.number("HEARTBEAT_AUTO_RETIRE_AFTER_DAYS",
+                                                 cls.auto_retire_after_days, 0.0, 36500.0),
+            retired_retention_days=reader.number("HEARTBEAT_RETIRED_RETENTION_DAYS",
+                                                 cls.retired_retention_days, 0.0, 36500.0),
+            status_public=reader.boolean("HEARTBEAT_STATUS_PUBLIC", cls.status_public),
             # A read-only token for the status page, to share without the admin token.
             status_token=reader.secret("HEARTBEAT_STATUS_TOKEN"),
             # How old the status page's data may be: one snapshot per this many seconds,
             # shared by every viewer and worker; 0 computes one per request. Two of the
             # page's 5 s refreshes: at 100,000 servers each snapshot costs ~0.1-0.2 s of CPU.
-            status_max_age=reader.number("HEARTBEAT_STATUS_MAX_AGE", 10.0, 0.0, 300.0),
+            status_max_age=reader.number("HEARTBEAT_STATUS_MAX_AGE", cls.status_max_age,
+                                         0.0, 300.0),
             # Set by `heartbeat-bridge serve` so gunicorn workers share status snapshots.
             status_cache_dir=reader.raw("HEARTBEAT_STATUS_CACHE_DIR") or "",
-            log_level=reader.choice("HEARTBEAT_LOG_LEVEL", "info",
+            log_level=reader.choice("HEARTBEAT_LOG_LEVEL", cls.log_level,
                                     ("debug", "info", "warning", "error")),
             pool_size=reader.integer("HEARTBEAT_DB_POOL_SIZE", cls.pool_size, 1, 100),
             # Set by `heartbeat-bridge serve` so gunicorn workers share request metrics.
@@ -124,14 +129,14 @@ class Settings:
             # servers or more are computed in the host's one render process
             # (bridge.render), never in a worker that answers beats; a smaller fleet's in a
             # thread of the worker (bridge.renderer).
-            render_process=reader.boolean("HEARTBEAT_RENDER_PROCESS", True),
+            render_process=reader.boolean("HEARTBEAT_RENDER_PROCESS", cls.render_process),
             # lean: at most 4 series a server, what the shipped rules and dashboard need;
             # full: also the counters, flags and agent facts (docs/metrics.md).
             metric_set=reader.choice("HEARTBEAT_METRICS", cls.metric_set, ("lean", "full")),
             # Set by `heartbeat-bridge serve`: when this replica started (its serving-since).
-            started_at=reader.number("HEARTBEAT_STARTED_AT", 0.0, 0.0, 1e11),
+            started_at=reader.number("HEARTBEAT_STARTED_AT", cls.started_at, 0.0, 1e11),
             # Set by `heartbeat-bridge serve`: the last beat the store held at that start.
-            heard_until=reader.number("HEARTBEAT_HEARD_UNTIL", 0.0, 0.0, 1e11),
+            heard_until=reader.number("HEARTBEAT_HEARD_UNTIL", cls.heard_until, 0.0, 1e11),
             render_process_from=reader.integer("HEARTBEAT_RENDER_PROCESS_FROM",
                                                cls.render_process_from, 0, 10_000_000),
             # Set by `heartbeat-bridge serve`: where the render process's socket lives.
@@ -222,9 +227,7 @@ class _Reader:
 
     def database_url(self, name: str, default: str) -> str:
         value = self.raw(name) or default
-        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-            return value
-        if value.startswith(("postgresql://", "postgres://")):
+        if database_kind(value):
             return value
         raise ConfigError(f"{name}: expected sqlite:///path or postgresql://..., "
                           f"got {mask_url(value)!r}")

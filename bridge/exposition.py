@@ -24,7 +24,7 @@ from prometheus_client.exposition import (
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OM_TYPE
 from prometheus_client.utils import floatToGoString
 
-from bridge.collector import (
+from bridge.metric_table import (
     AGENT_INFO,
     MAINTENANCE_INFO,
     SAMPLE_SUFFIX,

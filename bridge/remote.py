@@ -1,7 +1,7 @@
 """The CLI's operations on a bridge it cannot open the store of, through its admin API.
 
-RemoteAdmin has the methods of bridge.admin.StoreAdmin and answers alike: servers as the
-admin API's JSON objects, and the API's error answers ({"error", "message"}) raised as the
+RemoteAdmin implements bridge.admin.Admin as StoreAdmin does: servers as Server values
+built from the API's JSON, and the API's error answers ({"error", "message"}) raised as the
 exceptions the store and the validators raise, so `heartbeat-bridge` prints the same lines
 whichever way it reached the bridge.
 """
@@ -9,15 +9,19 @@ from typing import Any, Dict, List, NoReturn, Optional, Tuple
 from urllib.parse import quote, urlsplit
 
 from bridge.config import mask_url
-from bridge.store import Server, ServerExistsError, ServerLimitError, UnknownServerError
+from bridge.server_view import ServerJSON, server_from_json
+from bridge.store import (
+    BeatPolicy,
+    Server,
+    ServerExistsError,
+    ServerLimitError,
+    UnknownServerError,
+)
 from bridge.validate import InvalidInputError, check_server_id
 
 TIMEOUT = 10.0
-ServerJSON = Dict[str, Any]  # a server as the admin API shows it
 # API statuses that mean "your input was refused": the CLI exits 2 for them, as for its own.
 _INPUT_STATUSES = frozenset({400, 413, 415, 422})
-# The API sorts a server's keys; the CLI shows them in the order the store's view has.
-_KEY_ORDER = {key: n for n, key in enumerate(Server("", {}).as_dict(0.0, 1.0))}
 
 
 class RemoteError(RuntimeError):
@@ -36,16 +40,19 @@ class RemoteAdmin:
         self.session = session or requests.Session()
         self.session.headers["Authorization"] = f"Bearer {admin_token}"
         self.session.headers["User-Agent"] = "heartbeat-bridge-cli"
+        # The bridge's own default, as its answers show it (the interval of a server that
+        # has none of its own); until one does, no server shown needs it.
+        self.default_interval = BeatPolicy.default_interval
 
-    def list(self) -> List[ServerJSON]:
-        return [_in_store_order(s) for s in self._call("GET")["servers"]]
+    def list(self) -> List[Server]:
+        return [self._server(s) for s in self._call("GET")["servers"]]
 
-    def get(self, server_id: str) -> ServerJSON:
-        return _in_store_order(self._call("GET", server_id)["server"])
+    def get(self, server_id: str) -> Server:
+        return self._server(self._call("GET", server_id)["server"])
 
     def register(self, server_id: str, interval: Optional[float] = None,
                  labels: Optional[Dict[str, str]] = None, with_token: bool = False
-                 ) -> Tuple[ServerJSON, Optional[str]]:
+                 ) -> Tuple[Server, Optional[str]]:
         check_server_id(server_id)  # the API's own message, before any request
         body: Dict[str, Any] = {"server_id": server_id, "labels": labels or {}}
         if interval is not None:
@@ -53,27 +60,27 @@ class RemoteAdmin:
         if with_token:
             body["token"] = True
         answer = self._call("POST", body=body, about=server_id)
-        return _in_store_order(answer["server"]), answer.get("token")
+        return self._server(answer["server"]), answer.get("token")
 
-    def relabel(self, server_id: str, labels: Dict[str, str]) -> ServerJSON:
-        return _in_store_order(self._call("PATCH", server_id, body={"labels": labels})["server"])
+    def relabel(self, server_id: str, labels: Dict[str, str]) -> Server:
+        return self._server(self._call("PATCH", server_id, body={"labels": labels})["server"])
 
-    def set_interval(self, server_id: str, interval: Optional[float]) -> ServerJSON:
-        return _in_store_order(
+    def set_interval(self, server_id: str, interval: Optional[float]) -> Server:
+        return self._server(
             self._call("PATCH", server_id, body={"interval": interval})["server"])
 
     def pause(self, server_id: str, duration: Optional[str] = None,
-              until: Optional[float] = None, reason: Optional[str] = None) -> ServerJSON:
+              until: Optional[float] = None, reason: Optional[str] = None) -> Server:
         body = {k: v for k, v in (("for", duration), ("until", until), ("reason", reason))
                 if v is not None}
-        return _in_store_order(self._call("POST", server_id, "pause", body)["server"])
+        return self._server(self._call("POST", server_id, "pause", body)["server"])
 
-    def resume(self, server_id: str) -> ServerJSON:
-        return _in_store_order(self._call("POST", server_id, "resume")["server"])
+    def resume(self, server_id: str) -> Server:
+        return self._server(self._call("POST", server_id, "resume")["server"])
 
-    def retire(self, server_id: str, retired: bool = True) -> ServerJSON:
+    def retire(self, server_id: str, retired: bool = True) -> Server:
         action = "retire" if retired else "unretire"
-        return _in_store_order(self._call("POST", server_id, action)["server"])
+        return self._server(self._call("POST", server_id, action)["server"])
 
     def remove(self, server_id: str) -> None:
         self._call("DELETE", server_id)
@@ -84,6 +91,13 @@ class RemoteAdmin:
 
     def revoke_token(self, server_id: str) -> None:
         self._call("DELETE", server_id, "token")
+
+    def _server(self, shown: ServerJSON) -> Server:
+        server = server_from_json(shown)
+        if server.registered_interval is None and server.declared_interval is None and \
+                isinstance(shown.get("interval"), (int, float)):
+            self.default_interval = float(shown["interval"])
+        return server
 
     def forget_silent(self, days: float) -> int:
         raise RemoteError("servers forget has no admin API: run it where the store is "
@@ -132,12 +146,6 @@ def _raise(status: int, answer: Dict[str, Any], server_id: Optional[str]) -> NoR
     if status in _INPUT_STATUSES:
         raise InvalidInputError(reason, message, status)
     raise RemoteError(f"the bridge answered {status} {reason}: {message}")
-
-
-def _in_store_order(server: ServerJSON) -> ServerJSON:
-    """The server's keys in Server.as_dict's order (unknown keys last, sorted)."""
-    return dict(sorted(server.items(), key=lambda kv: (_KEY_ORDER.get(kv[0], len(_KEY_ORDER)),
-                                                      kv[0])))
 
 
 def network_reason(exc: BaseException, host: str, timeout: float) -> str:

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from bridge.config import Settings
 from bridge.exposition import render
 from bridge.serving import Serving
+from bridge.status_answer import status_answer, status_snapshots
 from bridge.status_cache import SnapshotCache
-from bridge.status_query import status_answer, status_snapshots
 from bridge.store import Store
 
 Headers = List[Tuple[str, str]]
@@ -33,7 +33,7 @@ class Renderer(Protocol):
 
     def status(self, args: Dict[str, str], if_none_match: str) -> Tuple[str, Optional[str]]:
         """(etag, JSON text or None when `if_none_match` already names that etag); raises
-        BridgeError for a bad query, as status_query judges it."""
+        BridgeError for a bad query, as bridge.status_query judges it."""
 
     def close(self) -> None:
         """Let go of what it holds (processes, connections); safe to call twice."""

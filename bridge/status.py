@@ -6,7 +6,7 @@ intervals so that one rule serves every interval; a test keeps the two in step.
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from bridge.store import Server, Store
@@ -97,15 +97,6 @@ def status_row(server: "Server", now: float, default_interval: float) -> Row:
             _finite(retired_at), haystack)
 
 
-def server_state(server: "Server", now: float, default_interval: float) -> str:
-    """One of STATES for a Server at Unix time now (see docs/states.md).
-
-    Retired, paused and away servers are the ones the alert rules excuse
-    (`heartbeat:excused:max`); the others are judged by their silence.
-    """
-    return status_row(server, now, default_interval)[STATE]
-
-
 def row_json(row: Row, now: float) -> Dict[str, Any]:
     """A status row as /api/status shows it."""
     last_seen = row[LAST_SEEN]
@@ -145,10 +136,6 @@ class FleetSnapshot:
     counts: dict
     rows: list
     complete: bool
-
-    def covers(self, states: Iterable[str]) -> bool:
-        """True when every server in one of `states` is among the rows."""
-        return self.complete or "up" not in states
 
     def dump(self) -> Tuple[float, dict, list, bool]:
         """Plain values only (marshal-able), for another process; see load()."""

@@ -1,7 +1,8 @@
-"""Which servers a status view shows: states, filter text, sort order and page (no Flask).
+"""The status query language: which servers a view shows, by state, filter text, sort
+order and page (no Flask).
 
-One module for `/api/status` (and so the status page) and the CLI's `servers list`, so
-both read the same parameters and filter alike:
+`/api/status` (and so the status page: bridge/status_answer.py) and the CLI's `servers
+list` (bridge/server_list.py) read the same parameters and filter alike:
 
     state     all | problems | a comma-separated list of states   (default: all)
     q         space-separated terms, all must match: `name=value` matches an operator
@@ -11,13 +12,9 @@ both read the same parameters and filter alike:
     order     asc | desc
     page      1, 2, ...   per_page  1-1000 (default 100)
 """
-import hashlib
 import re
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-from werkzeug.http import parse_etags
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bridge.status import (
     HAYSTACK,
@@ -29,19 +26,8 @@ from bridge.status import (
     STATE,
     STATES,
     Row,
-    fleet_snapshot,
-    problem_snapshot,
-    row_json,
-    status_row,
-    strict_json,
-    thresholds,
 )
-from bridge.status_cache import SnapshotCache
 from bridge.validate import InvalidInputError
-
-if TYPE_CHECKING:
-    from bridge.config import Settings
-    from bridge.store import Store
 
 _ONE_STATE = "(?:" + "|".join(STATES) + ")"
 STATE_LIST = re.compile(f"{_ONE_STATE}(?:,{_ONE_STATE})*\\Z")
@@ -164,60 +150,3 @@ def select(rows: List[Row], query: StatusQuery) -> Tuple[int, List[Row]]:
 def pages(matched: int, per_page: Optional[int]) -> int:
     """How many pages `matched` rows make (at least one, maybe empty)."""
     return max(1, -(-matched // per_page)) if per_page else 1
-
-
-def select_servers(servers: List[Dict[str, Any]], query: StatusQuery, now: float,
-                   default_interval: float) -> List[Dict[str, Any]]:
-    """The servers (dicts as the admin API and `Server.as_dict` show them) that `query`
-    selects, in its order, each with its "state" added: the CLI's `servers list`."""
-    rows = [status_row(_as_server(s), now, default_interval) for s in servers]
-    rows.sort(key=lambda row: (RANK[row[STATE]], row[SERVER_ID]))
-    _, chosen = select(rows, query)
-    by_id = {s["server_id"]: s for s in servers}
-    return [dict(by_id[row[SERVER_ID]], state=row[STATE]) for row in chosen]
-
-
-def _as_server(shown: Dict[str, Any]) -> Any:
-    """What status_row reads of a Server, from its admin view (whose interval is the one
-    in force, whatever the bridge's default)."""
-    return SimpleNamespace(
-        server_id=shown["server_id"], labels=shown.get("labels") or {},
-        registered_interval=shown.get("interval"), declared_interval=None,
-        last_seen=shown.get("last_seen") or 0.0, paused=bool(shown.get("paused")),
-        paused_until=shown.get("paused_until"), pause_reason=shown.get("pause_reason"),
-        hostname=shown.get("hostname"), agent_version=shown.get("agent_version"),
-        boot_time=shown.get("boot_time"), expected_back=shown.get("expected_back"),
-        retired_at=shown.get("retired_at"))
-
-
-def status_snapshots(store: "Store", settings: "Settings") -> SnapshotCache:
-    """The SnapshotCache behind /api/status: the whole fleet, and the problem servers only."""
-    builders = {"fleet": fleet_snapshot, "problems": problem_snapshot}
-    return SnapshotCache(
-        lambda kind: builders[kind](store, settings.default_interval), builders,
-        settings.status_max_age, settings.status_cache_dir, clock=store.clock,
-        serve_stale=("fleet",))
-
-
-def status_answer(snapshots: SnapshotCache, args: Mapping[str, str], default_interval: float,
-                  if_none_match: str = "") -> Tuple[str, Optional[str]]:
-    """(ETag, JSON text) of /api/status for the query in `args`; the text is None (a 304)
-    when the `If-None-Match` header value names that ETag.
-
-    The ETag covers the counts, rows and paging; only the times relative to
-    `generated_at` may move under one ETag."""
-    query = parse_query(args)
-    snapshot = snapshots.get("fleet" if "up" in query.states else "problems")
-    matched, rows = select(snapshot.rows, query)
-    params = {"state": list(query.states), "q": query.text, "sort": query.sort,
-              "order": query.order, "page": query.page, "per_page": query.per_page}
-    paging = {"matched": matched, "pages": pages(matched, query.per_page)}
-    validator = strict_json([default_interval, snapshot.counts, paging, params,
-                             [row[:HAYSTACK] for row in rows]])
-    etag = hashlib.blake2b(validator.encode(), digest_size=12).hexdigest()
-    if parse_etags(if_none_match or None).contains_weak(etag):
-        return etag, None
-    return etag, strict_json({
-        "generated_at": snapshot.generated_at, "thresholds": thresholds(default_interval),
-        "counts": snapshot.counts, "query": params, **paging,
-        "servers": [row_json(row, snapshot.generated_at) for row in rows]})

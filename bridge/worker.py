@@ -103,8 +103,8 @@ class TimedHttpProtocol(HttpToolsProtocol):
     request was read whole: the app answers it, and uvicorn's keep-alive timer runs after).
     """
 
-    header_timeout = 10.0
-    body_timeout = 10.0
+    header_timeout = Settings.header_timeout  # replaced by the settings in a subclass (below)
+    body_timeout = Settings.body_timeout
     worker_connections: Optional[Connections] = None  # set when the worker starts serving
     # Slots, not the instance dict: uvicorn's own attributes nearly fill the 30 keys an
     # instance may share with its class; five more made every connection's dict its own

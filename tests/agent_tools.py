@@ -185,15 +185,22 @@ def start_agent(conf, *flags, **settings):
                    env=agent_env(**settings), name="agent").start()
 
 
+STOP_WITHIN = 15.0  # seconds: far below the sleeps (600 s) and requests (300 s) tests interrupt
+
+
 def stop_agent(proc):
-    """SIGTERM; the agent must exit 0 within a second. Returns its log."""
-    started = time.monotonic()
+    """SIGTERM; the agent must exit 0 within STOP_WITHIN seconds. Returns its log.
+
+    The bound tells "stopped at once" from "finished a long sleep or request first", and is
+    wide enough for a loaded machine: how fast the agent stops is not measured here."""
     proc.send_signal(signal.SIGTERM)
-    code = proc.proc.wait(timeout=5)
-    took = time.monotonic() - started
+    try:
+        code = proc.proc.wait(timeout=STOP_WITHIN)
+    except subprocess.TimeoutExpired:
+        code = None
     log = proc.log()
     proc.stop()
-    assert (code, took < 1.0) == (0, True), f"exit {code} after {took:.2f}s:\n{log}"
+    assert code == 0, f"exit {code} (None: still running {STOP_WITHIN}s after SIGTERM):\n{log}"
     return log
 
 

@@ -1,7 +1,8 @@
-"""Shared fixtures: a fake clock, a fresh store per test on each backend, apps and live
-bridges. Helpers and constants live in tests/tools.py: test modules import from there."""
+"""Shared fixtures: a fake clock, a fresh store per test on each backend, PostgreSQL schemas,
+apps and live bridges; the `live` and `postgresql` markers kept true. Helpers and constants
+live in tests/tools.py: test modules import from there."""
 
-import subprocess
+import sys
 
 import pytest
 
@@ -15,64 +16,67 @@ from tests.tools import (
     Bridge,
     FakeClock,
     make_settings,
-    postgres_schema_url,
+    postgres_schema,
 )
 
 
-def pytest_addoption(parser):
-    parser.addoption("--in-process", action="store_true",
-                     help="skip every test that starts a real program (make test-fast)")
+class ProgramStartedError(RuntimeError):
+    """A test not marked `live` started a program."""
 
 
-_STARTS_A_PROGRAM = "starts a real program: `make test` runs it"
-_started = []  # --in-process: programs the current test tried to start
-_refused_fixtures = set()  # module or session fixtures whose setup tried to start one
+_live = [False]  # whether the test being run (setup, call, teardown) may start programs
+
+
+def _refuse_programs_outside_live_tests(event, args):
+    """Audit hook: a test that starts a program must say so (`@pytest.mark.live`), so that
+    `make test-fast` (-m "not live") is exactly the tests that start nothing."""
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec") and not _live[0]:
+        raise ProgramStartedError(f"{args[0]!r} started by a test not marked "
+                                  "@pytest.mark.live (tests that start programs say so)")
 
 
 def pytest_configure(config):
-    """--in-process: a test (or fixture) that starts any program is skipped at that moment,
-    so the fast lane needs no list to keep up to date. The database server already running
-    is not started by a test: tests on PostgreSQL stay in."""
-    if config.getoption("--in-process"):
-        real_popen = subprocess.Popen
-
-        class InProcessOnly(real_popen):
-            def __init__(self, *args, **kwargs):
-                _started.append(args[0] if args else kwargs.get("args"))
-                pytest.skip(_STARTS_A_PROGRAM)
-
-        subprocess.Popen = InProcessOnly
+    sys.addaudithook(_refuse_programs_outside_live_tests)
+    _live[0] = True  # until a test runs: collection and the session's own work may start any
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """--in-process: a test whose program was refused is skipped, even when a library (the
-    browser driver) turned the refusal into an error of its own."""
-    outcome = yield
-    report = outcome.get_result()
-    # the project's own module and session fixtures (pytest's own have no baseid)
-    shared = {name for name, defs in item._fixtureinfo.name2fixturedefs.items()
-              if defs and defs[-1].scope != "function" and defs[-1].baseid}
-    if report.failed and (_started or (call.when == "setup" and shared & _refused_fixtures)):
-        report.outcome, report.longrepr = "skipped", (str(item.path), 0, _STARTS_A_PROGRAM)
-        if _started and call.when == "setup":
-            _refused_fixtures.update(shared)  # their setup error is cached for later tests
-    if call.when == "teardown":
-        _started.clear()
+def pytest_runtest_protocol(item, nextitem):
+    _live[0] = item.get_closest_marker("live") is not None
+    yield
+    _live[0] = True
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+def pytest_collection_modifyitems(items):
+    """A test on a PostgreSQL schema (the pg_schema or pg_url fixture, or a parameter
+    "postgresql" of any fixture) is marked `postgresql`, so `-m "not postgresql"` runs what
+    needs no database server whether one is up or not. A test that opens a schema any
+    other way says so itself."""
+    for item in items:
+        params = item.callspec.params.values() if hasattr(item, "callspec") else ()
+        if {"pg_schema", "pg_url"} & set(item.fixturenames) or "postgresql" in params:
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.fixture
+def pg_schema():
+    """(admin connection, schema, URL) of a fresh PostgreSQL schema, dropped afterwards."""
+    with postgres_schema() as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def pg_url(pg_schema):
+    """The URL of a fresh PostgreSQL schema, dropped afterwards."""
+    return pg_schema[2]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def database_url(request, tmp_path):
     """Each store and HTTP test runs on both backends, on a fresh database or schema."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'heartbeat.db'}"
-        return
-    conn, schema, url = postgres_schema_url()
-    try:
-        yield url
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+        return f"sqlite:///{tmp_path / 'heartbeat.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture(autouse=True)
@@ -123,19 +127,34 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture
-def live_bridge(tmp_path):
-    """Start real bridges (gunicorn) on SQLite files; all are stopped at the end of the test."""
+def _bridges(directory):
+    """A function that starts real bridges (gunicorn), on `directory`/bridge.db unless given
+    a database URL, and stops them all when the generator is closed."""
     started = []
 
     def start(database_url=None, **settings):
         settings.setdefault("HEARTBEAT_TOKEN", FLEET_TOKEN)
         settings.setdefault("HEARTBEAT_ADMIN_TOKEN", ADMIN_TOKEN)
-        url = database_url or f"sqlite:///{tmp_path / 'bridge.db'}"
+        url = database_url or f"sqlite:///{directory / 'bridge.db'}"
         bridge = Bridge(url, **settings).start()
         started.append(bridge)
         return bridge
 
-    yield start
-    for bridge in started:
-        bridge.stop()
+    try:
+        yield start
+    finally:
+        for bridge in started:
+            bridge.stop()
+
+
+@pytest.fixture
+def live_bridge(tmp_path):
+    """Start real bridges on a fresh SQLite file; all are stopped at the end of the test."""
+    yield from _bridges(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_bridge(tmp_path_factory):
+    """Start real bridges the tests of one module share (tests that only read what the
+    fixture built, or write ids no other test reads); stopped after the module."""
+    yield from _bridges(tmp_path_factory.mktemp("module-bridge"))

@@ -11,7 +11,7 @@ from typing import Dict, Iterator
 import pytest
 
 from tests.fixtures.make_v010_fixtures import HERE, SCHEMA
-from tests.tools import IN_CI, POSTGRES_BASE, ROOT, postgres_schema_url
+from tests.tools import IN_CI, POSTGRES_BASE, ROOT, postgres_schema
 
 # The commit released as 0.1.0: the last release before the schema-3 migration.
 PREVIOUS_RELEASE = "aa2681d776443333d7c001af209cf1a961740abd"
@@ -57,13 +57,9 @@ def v010_store(backend: str, tmp_path: Path) -> Iterator[str]:
         shutil.copy(HERE / "heartbeat.db", tmp_path / "heartbeat.db")
         yield f"sqlite:///{tmp_path / 'heartbeat.db'}"
         return
-    conn, schema, url = postgres_schema_url()
-    try:
+    with postgres_schema() as (_, schema, url):
         load_dump(schema)
         yield url
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
 
 
 def load_dump(schema: str) -> None:

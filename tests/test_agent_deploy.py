@@ -73,6 +73,7 @@ def exec_start(name, **env):
     return Process([*argv, "--config", os.devnull], env=agent_env(**env), name="unit").start()
 
 
+@pytest.mark.live
 def test_the_loop_service_says_goodbye_when_stopped():
     with BeatServer() as server:
         proc = exec_start("heartbeat-agent.service", HEARTBEAT_URL=server.url,
@@ -108,6 +109,7 @@ def test_the_timer_starts_one_beat_every_30_s_with_1_s_accuracy():
     assert timer["Install"]["WantedBy"] == ["timers.target"]
 
 
+@pytest.mark.live
 def test_systemd_accepts_the_units(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if not analyze:

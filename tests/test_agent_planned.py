@@ -70,6 +70,7 @@ def metric(bridge, name, server_id, **labels):
     ((), {"HEARTBEAT_BACK_WITHIN": "2h"}, 7200),
     (("--back-within", "1d"), {"HEARTBEAT_BACK_WITHIN": "2h"}, 86400),
 ])
+@pytest.mark.live
 def test_goodbye_tells_the_bridge_when_the_host_is_back(bridge, flags, settings, seconds):
     server_id = f"bye-{seconds}-{len(flags)}"
     known(bridge, server_id)
@@ -81,6 +82,7 @@ def test_goodbye_tells_the_bridge_when_the_host_is_back(bridge, flags, settings,
     assert metric(bridge, "heartbeat_retired", server_id) == 0
 
 
+@pytest.mark.live
 def test_goodbye_retire_retires_the_server_with_its_own_token_only(bridge):
     known(bridge, "old-1")
     code, err, _ = say(bridge.url, "old-1", "--goodbye", "--retire")  # the fleet token
@@ -93,6 +95,7 @@ def test_goodbye_retire_retires_the_server_with_its_own_token_only(bridge):
     assert metric(bridge, "heartbeat_retired", "old-1") == 1
 
 
+@pytest.mark.live
 def test_the_loops_first_beat_after_a_goodbye_and_a_quick_reboot_is_accepted(bridge, tmp_path):
     for _ in range(3):  # beating as usual
         assert bridge.beat("boot-1", token=TOKEN, json={"interval": 60}).status_code == 200
@@ -119,6 +122,7 @@ def loop(tmp_path, url, server_id, *flags, **settings):
                        **settings)
 
 
+@pytest.mark.live
 def test_the_loop_stopped_cleanly_says_goodbye_and_its_next_start_ends_it(bridge, tmp_path):
     proc = loop(tmp_path, bridge.url, "reboot-1", "--goodbye-on-exit",
                 HEARTBEAT_BACK_WITHIN="10m")
@@ -141,6 +145,7 @@ def test_the_loop_stopped_cleanly_says_goodbye_and_its_next_start_ends_it(bridge
     assert metric(bridge, "heartbeat_expected_back_seconds", "reboot-1") == 0
 
 
+@pytest.mark.live
 def test_a_goodbye_on_exit_the_bridge_cannot_take_is_logged_and_bounded(tmp_path):
     hang = []
     with BeatServer(script=lambda r: "hang" if hang else (200, {}, {})) as server:
@@ -154,13 +159,15 @@ def test_a_goodbye_on_exit_the_bridge_cannot_take_is_logged_and_bounded(tmp_path
             took = time.monotonic() - started
         finally:
             proc.stop()
-    assert code == 0 and took < ha.GOODBYE_TIMEOUT + 1.5, took
+    # bounded by the goodbye's timeout (3 s), not by the bridge's endless hang
+    assert code == 0 and ha.GOODBYE_TIMEOUT <= took < ha.GOODBYE_TIMEOUT + 10, took
     assert proc.log().splitlines()[-1] == ("heartbeat-agent: goodbye failed: no answer within "
                                            f"{ha.GOODBYE_TIMEOUT:g}s")
 
 
 # --- maintenance -----------------------------------------------------------------------
 
+@pytest.mark.live
 def test_maintenance_pauses_with_an_end_and_a_reason_and_end_resumes(bridge):
     known(bridge, "db-1")
     code, err, _ = say(bridge.url, "db-1", "--maintenance", "2h", "--reason", "kernel 6.12")
@@ -194,6 +201,7 @@ def test_maintenance_pauses_with_an_end_and_a_reason_and_end_resumes(bridge):
     ("web-1", ("--maintenance", "1h", "--reason", "x" * 300), TOKEN,
      "maintenance failed: HTTP 422 invalid_field: reason must be"),
 ])
+@pytest.mark.live
 def test_refusals_exit_1_with_one_line_naming_them(bridge, server_id, flags, token, line):
     known(bridge, "web-1")
     before = sample_map(bridge.metrics())
@@ -205,6 +213,7 @@ def test_refusals_exit_1_with_one_line_naming_them(bridge, server_id, flags, tok
         assert value(after, name, server_id="web-1") == value(before, name, server_id="web-1")
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("flags", [("--goodbye",), ("--maintenance", "2h"),
                                    ("--maintenance", "end")])
 def test_nothing_listening_exits_1(flags):
@@ -227,6 +236,7 @@ def test_nothing_listening_exits_1(flags):
     (("--goodbye", "--maintenance", "1h"), "not allowed with argument"),
     (("--once", "--goodbye-on-exit"), "--goodbye-on-exit: only for the loop"),
 ])
+@pytest.mark.live
 def test_bad_values_exit_2_before_any_request(flags, message):
     with BeatServer() as server:
         code, err, _ = say(server.url, "web-1", *flags)
@@ -234,6 +244,7 @@ def test_bad_values_exit_2_before_any_request(flags, message):
     assert err.startswith("heartbeat-agent: ") and message in err, err
 
 
+@pytest.mark.live
 def test_a_bad_back_within_in_the_environment_names_the_variable():
     with BeatServer() as server:
         code, err, _ = say(server.url, "web-1", "--goodbye", HEARTBEAT_BACK_WITHIN="15 min")
@@ -243,25 +254,27 @@ def test_a_bad_back_within_in_the_environment_names_the_variable():
 
 # --- the first beat's random delay -----------------------------------------------------
 
+@pytest.mark.live
 @pytest.mark.parametrize("flags", [("--once",), ("--check",), ("--goodbye",),
                                    ("--maintenance", "1h"), ("--maintenance", "end")])
 def test_one_shot_commands_never_wait(flags):
     with BeatServer() as server:
         code, _, took = say(server.url, "web-1", *flags, HEARTBEAT_INTERVAL="86400")
     assert code == 0 and len(server.requests) == 1
-    assert took < 3, took  # the loop would wait up to a day
+    assert took < 30, took  # the loop would wait up to a day
 
 
-def first_beat_after(tmp_path, *flags):
+def first_beat_after(tmp_path, *flags, interval="2"):
     """(seconds from start to the first beat, the starting log line) of the loop as a unit
-    starts it (interval 2 s), with `flags` added."""
+    starts it (interval 2 s unless given), with `flags` added."""
     conf = tmp_path / "agent.conf"
     conf.write_text("[agent]\n")
     with BeatServer() as server:
         started = time.monotonic()
         proc = Process([sys.executable, AGENT, "--config", conf, *flags], name="agent",
                        env=agent_env(HEARTBEAT_URL=server.url, HEARTBEAT_TOKEN=TOKEN,
-                                     HEARTBEAT_SERVER_ID="web-1", HEARTBEAT_INTERVAL="2")).start()
+                                     HEARTBEAT_SERVER_ID="web-1",
+                                     HEARTBEAT_INTERVAL=interval)).start()
         try:
             wait_until(lambda: server.requests, timeout=5, what="the first beat")
         finally:
@@ -269,16 +282,21 @@ def first_beat_after(tmp_path, *flags):
     return server.requests[0]["at"] - started, log.splitlines()[0]
 
 
+@pytest.mark.live
 def test_the_loop_waits_a_random_part_of_one_interval_before_its_first_beat(tmp_path):
     took, line = first_beat_after(tmp_path)
     delay = float(re.search(r", first beat in (\d+\.\d)s$", line).group(1))
     assert 0 <= delay <= 2
-    assert delay - 0.1 <= took < delay + 1.0, (took, line)  # + the interpreter's start-up
+    # waits the delay it states; how much later the beat comes (the interpreter's start-up
+    # on a busy machine) is not measured: the bound only tells the delay from a second one
+    assert delay - 0.1 <= took < delay + 30, (took, line)
 
 
+@pytest.mark.live
 def test_initial_delay_0_beats_at_once(tmp_path):
-    took, line = first_beat_after(tmp_path, "--initial-delay", "0")
-    assert took < 1.0 and "first beat in" not in line
+    # a day's interval: a random delay within it would be more than 30 s but for 1 in 2,880
+    took, line = first_beat_after(tmp_path, "--initial-delay", "0", interval="86400")
+    assert took < 30 and "first beat in" not in line
 
 
 def test_by_default_the_first_beat_is_within_one_interval():
@@ -297,6 +315,7 @@ def test_by_default_the_first_beat_is_within_one_interval():
 
 # --- what is sent ----------------------------------------------------------------------
 
+@pytest.mark.live
 @pytest.mark.parametrize("answer", [b"ok", b"[" * 4000, {"expected_back": None},
                                     {"expected_back": True}, {"expected_back": 1e300},
                                     {"expected_back": "soon"}, [1, 2]])
@@ -307,6 +326,7 @@ def test_answers_that_are_not_the_bridges_json_still_confirm_in_one_line(answer)
                               "given); silent past that, it pages\n")
 
 
+@pytest.mark.live
 def test_requests_go_to_the_action_paths_under_the_url_prefix():
     with BeatServer() as server:
         url = server.url + "/hb"
@@ -321,6 +341,7 @@ def test_requests_go_to_the_action_paths_under_the_url_prefix():
     assert all(r["headers"]["authorization"] == f"Bearer {TOKEN}" for r in server.requests)
 
 
+@pytest.mark.live
 def test_a_one_shot_command_cut_short_by_a_signal_exits_1():
     with BeatServer(script=lambda r: "hang") as server:
         proc = Process([sys.executable, AGENT, "--config", os.devnull, "--goodbye"],

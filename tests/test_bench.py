@@ -3,7 +3,11 @@ import importlib.util
 import subprocess
 import sys
 
+import pytest
+
 from tests.tools import ROOT, require_binary
+
+pytestmark = pytest.mark.live  # every test here starts a real program
 
 BEAT_COLUMNS = ("| peer | servers | new conn beats/s | p50 ms | p99 ms | kept-alive beats/s |")
 SCRAPE_COLUMNS = ("| peer | servers | series seen | plain s | plain MB | gzip s | gzip MB |")

@@ -7,7 +7,9 @@ import pytest
 
 from bridge.auth import hash_token
 from bridge.store import open_store
-from tests.tools import ROOT, postgres_schema_url
+from tests.tools import ROOT
+
+pytestmark = pytest.mark.live  # every test here starts a real program
 
 
 @pytest.fixture
@@ -143,14 +145,9 @@ def test_list_shows_each_servers_enrolment(db):
 PASSWORD = "s3cret-db-password"
 
 
-def test_check_config_masks_the_database_password():
+def test_check_config_masks_the_database_password(pg_url):
     """The test database trusts every connection, so the password only has to stay unseen."""
-    conn, schema, url = postgres_schema_url()
-    try:
-        result = cli(url.replace("postgres@", f"postgres:{PASSWORD}@"), "check-config")
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    result = cli(pg_url.replace("postgres@", f"postgres:{PASSWORD}@"), "check-config")
     assert "store: reachable" in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
     assert "postgres:***@127.0.0.1" in result.stdout

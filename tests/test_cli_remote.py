@@ -12,6 +12,8 @@ from bridge.auth import hash_token
 from bridge.store import open_store
 from tests.tools import ROOT, Bridge, free_port
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 ADMIN_TOKEN = "remote-admin-token-0123"
 
 
@@ -226,3 +228,23 @@ def test_json_listing_is_the_admin_api_answer(bridge):
     remote(bridge, "servers", "register", "json-1")
     listed = json.loads(remote(bridge, "servers", "list", "--json").stdout)
     assert "json-1" in [s["server_id"] for s in listed]
+
+
+def test_a_server_without_an_interval_shows_the_bridges_default_not_the_clis(tmp_path):
+    """The bridge holds such a server to its own HEARTBEAT_DEFAULT_INTERVAL; the CLI, run
+    with another default, shows and judges it by the bridge's."""
+    bridge = Bridge(f"sqlite:///{tmp_path / 'b.db'}", HEARTBEAT_ADMIN_TOKEN=ADMIN_TOKEN,
+                    HEARTBEAT_TOKEN="fleet-token-0123", HEARTBEAT_DEFAULT_INTERVAL="7200").start()
+    try:
+        remote(bridge, "servers", "register", "own-default")
+        shown = json.loads(run("servers", "show", "own-default", "--json", env={
+            "HEARTBEAT_URL": bridge.url, "HEARTBEAT_ADMIN_TOKEN": ADMIN_TOKEN,
+            "HEARTBEAT_DEFAULT_INTERVAL": "10"}).stdout)
+        listed = json.loads(run("servers", "list", "--json", env={
+            "HEARTBEAT_URL": bridge.url, "HEARTBEAT_ADMIN_TOKEN": ADMIN_TOKEN,
+            "HEARTBEAT_DEFAULT_INTERVAL": "10"}).stdout)
+    finally:
+        bridge.stop()
+    assert shown["interval"] == 7200 and shown["registered_interval"] is None
+    assert [(s["server_id"], s["interval"], s["state"]) for s in listed] == [
+        ("own-default", 7200, "never_seen")]

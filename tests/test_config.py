@@ -68,6 +68,7 @@ def test_secrets_are_masked_when_described():
     assert "fleet-secret-1" not in text and "admin-secret-1" not in text
 
 
+@pytest.mark.live
 def test_serve_stops_at_start_with_a_message_naming_the_bad_variable():
     result = subprocess.run([sys.executable, "-m", "bridge", "serve"], cwd=ROOT, timeout=30,
                             capture_output=True, text=True,

@@ -130,6 +130,7 @@ def new_beats(port, count, prefix="new"):
     return [once(port, beat_request(f"{prefix}-{i}", FLEET_TOKEN))[0] for i in range(count)]
 
 
+@pytest.mark.live
 def test_the_soft_limit_is_raised_to_the_hard_limit_and_logged(tmp_path, client_files, bridges):
     bridge = start(bridges, LimitedBridge(tmp_path, 256, 4096, HEARTBEAT_WORKERS="2"))
     fleet = Fleet(bridge.port, FLEET_TOKEN)
@@ -151,6 +152,7 @@ def test_the_soft_limit_is_raised_to_the_hard_limit_and_logged(tmp_path, client_
                what="the closed connections no longer counted")
 
 
+@pytest.mark.live
 def test_at_the_bound_the_longest_idle_connection_makes_room(tmp_path, client_files, bridges):
     bridge = start(bridges, LimitedBridge(tmp_path, 256, 256, HEARTBEAT_WORKERS="1"))
     bound = connection_bound(256, POOL)
@@ -178,6 +180,7 @@ def test_at_the_bound_the_longest_idle_connection_makes_room(tmp_path, client_fi
         fleet.close()
 
 
+@pytest.mark.live
 def test_with_no_idle_connection_a_newcomer_gets_503_never_a_reset(tmp_path, client_files,
                                                                    bridges):
     bridge = start(bridges, LimitedBridge(tmp_path, 256, 256, HEARTBEAT_WORKERS="1",
@@ -219,6 +222,7 @@ def socket_to(port):
     return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+@pytest.mark.live
 def test_a_request_begun_before_the_last_answer_is_read_whole(tmp_path, bridges):
     """What an idle connection lets go (scope, headers, parser) is let go only when nothing
     of the next request has arrived yet."""

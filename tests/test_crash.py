@@ -11,6 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.store.sqlite import SQLiteStore
 from tests.tools import FLEET_TOKEN, Bridge
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 CLIENTS = 6
 SERVERS_PER_CLIENT = 20
 LOAD_BEFORE_KILL = 3.0  # seconds

@@ -9,7 +9,7 @@ import pytest
 import requests
 import yaml
 
-from bridge.collector import (
+from bridge.metric_table import (
     AGENT_INFO,
     MAINTENANCE_INFO,
     METRIC_SETS,
@@ -279,6 +279,7 @@ def fleet(tmp_path_factory):
         bridge.stop()
 
 
+@pytest.mark.live
 def test_every_dashboard_query_returns_data_from_a_real_prometheus_on_a_real_bridge(fleet):
     bridge, prometheus = fleet
     # A few scrapes, and gone-1 silent for > 3 intervals so HeartbeatMissing is pending.
@@ -300,6 +301,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_on_a_real_bri
     assert alerting == {"gone-1"}
 
 
+@pytest.mark.live
 def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
     bridge, prometheus = fleet
     expected = {"Up": 2, "Late": 0, "Missing": 1, "Never seen": 1, "Paused": 1, "Away": 1,
@@ -320,14 +322,16 @@ def test_fleet_counts_on_the_dashboard_match_the_servers_states(fleet):
               for row in prometheus.query(substitute(state_panel["targets"][0]["expr"]))}
     assert states == {"web-1": 0, "db-1": 0, "gone-1": 2, "maint-1": 3, "never-1": 4,
                       "away-1": 5, "old-1": 6}
-    # Silence is measured at the scrape: a server beating every second reads under 2 s.
-    assert -0.5 < prometheus.value('heartbeat:silence_seconds:max{server_id="web-1"}') < 2
+    # Silence is measured at the scrape: a server beating every second reads a second or
+    # two; the bound leaves room for a loaded machine.
+    assert -0.5 < prometheus.value('heartbeat:silence_seconds:max{server_id="web-1"}') < 10
 
 
 @pytest.mark.parametrize("selected, allowed", [
     ({"team": "db"}, {"db-1", "away-1"}),
     ({"server_id": "gone-1"}, {"gone-1"}),
 ], ids=["team=db", "server_id=gone-1"])
+@pytest.mark.live
 def test_a_selection_shows_only_the_selected_servers_in_every_panel(fleet, selected, allowed):
     bridge, prometheus = fleet
     wait_until(lambda: prometheus.query('ALERTS{alertname="HeartbeatMissing",server_id="gone-1"}'),

@@ -105,6 +105,7 @@ def test_the_load_balancer_sends_to_every_replica_and_only_them(services):
     assert "uri /readyz" in (DEPLOY / "haproxy.cfg").read_text()
 
 
+@pytest.mark.live
 def test_haproxy_accepts_its_config(tmp_path):
     haproxy = require_binary("haproxy")
     result = subprocess.run([haproxy, "-c", "-f", DEPLOY / "haproxy.cfg"], capture_output=True,
@@ -137,6 +138,7 @@ def test_prometheus_loads_the_mounted_rules_and_alerts_the_alertmanager_service(
     assert f"--config.file={am_config}" in services["alertmanager"]["command"]
 
 
+@pytest.mark.live
 def test_prometheus_config_passes_promtool_with_the_shipped_rules(tmp_path):
     promtool = require_binary("promtool")
     config = prometheus_config()

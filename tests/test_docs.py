@@ -82,6 +82,7 @@ def test_docs_state_the_minimum_of_a_mass_or_group_silence_the_rules_use():
         assert f"at least {minimum}" in (ROOT / path).read_text(), path
 
 
+@pytest.mark.live
 def test_no_file_points_at_a_design_document_users_do_not_have():
     found = subprocess.run(["git", "grep", "-n", "-I", "-E", r"DESIGN\.md|\.\./shared"],
                            cwd=ROOT, capture_output=True, text=True, timeout=30)

@@ -29,7 +29,7 @@ from tests.tools import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 FLEET_TOKEN = "fleet-token-e2e-0123"
 ADMIN_TOKEN = "admin-token-e2e-0123"

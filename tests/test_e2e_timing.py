@@ -12,7 +12,7 @@ import requests
 
 from tests.tools import Bridge, Prometheus, require_binary, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 
 FLEET_TOKEN = "fleet-token-timing-0123"
 ADMIN_TOKEN = "admin-token-timing-0123"

@@ -9,9 +9,9 @@ import sys
 import pytest
 import requests
 
-from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, postgres_schema_url, wait_until
+from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 STATUS_TOKEN = "status-token-0123456789"
 AGENT = ROOT / "agent" / "heartbeat_agent.py"
 
@@ -104,21 +104,16 @@ def test_enrolment_off_restores_the_fleet_token_for_every_server(live_bridge):
     assert call(bridge, "POST", "/api/heartbeat/web-1/goodbye", FLEET_TOKEN).status_code == 200
 
 
-def test_a_token_issued_by_one_replica_works_on_the_other(live_bridge):
-    conn, schema, url = postgres_schema_url()
-    try:
-        first, second = live_bridge(url), live_bridge(url)
-        token = call(first, "POST", "/api/heartbeat/db-1/", FLEET_TOKEN).json()["token"]
-        assert call(second, "POST", "/api/heartbeat/db-1/", token).status_code == 200
-        refused = call(first, "POST", "/api/heartbeat/db-1/", FLEET_TOKEN)
-        assert (refused.status_code, refused.json()["error"]) == (401, "enrolled")
-        revoked = call(second, "DELETE", "/api/servers/db-1/token", ADMIN_TOKEN)
-        assert revoked.json()["server"]["enrolment"] == "open"
-        assert call(first, "POST", "/api/heartbeat/db-1/", token).status_code == 401
-        assert "token" in call(first, "POST", "/api/heartbeat/db-1/", FLEET_TOKEN).json()
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+def test_a_token_issued_by_one_replica_works_on_the_other(live_bridge, pg_url):
+    first, second = live_bridge(pg_url), live_bridge(pg_url)
+    token = call(first, "POST", "/api/heartbeat/db-1/", FLEET_TOKEN).json()["token"]
+    assert call(second, "POST", "/api/heartbeat/db-1/", token).status_code == 200
+    refused = call(first, "POST", "/api/heartbeat/db-1/", FLEET_TOKEN)
+    assert (refused.status_code, refused.json()["error"]) == (401, "enrolled")
+    revoked = call(second, "DELETE", "/api/servers/db-1/token", ADMIN_TOKEN)
+    assert revoked.json()["server"]["enrolment"] == "open"
+    assert call(first, "POST", "/api/heartbeat/db-1/", token).status_code == 401
+    assert "token" in call(first, "POST", "/api/heartbeat/db-1/", FLEET_TOKEN).json()
 
 
 def agent(bridge, state_dir, *flags, token=FLEET_TOKEN):

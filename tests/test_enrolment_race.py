@@ -6,9 +6,9 @@ import threading
 import pytest
 import requests
 
-from tests.tools import FLEET_TOKEN, postgres_schema_url
+from tests.tools import FLEET_TOKEN
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 TRIES = 50
 
 
@@ -48,14 +48,9 @@ def race(first, second, tries):
     return lost
 
 
-def test_the_hosts_own_token_wins_every_race_on_postgresql(live_bridge):
-    conn, schema, url = postgres_schema_url()
-    try:
-        first, second = live_bridge(url), live_bridge(url)
-        assert race(first, second, TRIES) == []
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+def test_the_hosts_own_token_wins_every_race_on_postgresql(live_bridge, pg_url):
+    first, second = live_bridge(pg_url), live_bridge(pg_url)
+    assert race(first, second, TRIES) == []
 
 
 def test_the_hosts_own_token_wins_every_race_on_sqlite(live_bridge, tmp_path):

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.exposition import choose_encoder
 
-from bridge.collector import METRIC_SETS, server_families
 from bridge.exposition import _Families, render_servers
+from bridge.metric_table import METRIC_SETS, server_families
 from bridge.store import Server, Snapshot
 from bridge.validate import SERVER_ID
 

@@ -16,6 +16,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, ROOT, Bridge
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 # 413 is a refusal too: the 4096-byte limit on a whole body is not a JSON Schema keyword.
 CONFIG = SchemathesisConfig.from_dict({"checks": {
     "negative_data_rejection": {"expected-statuses": [400, 401, 403, 404, 405, 409, 413, 415,

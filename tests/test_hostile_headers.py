@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, Bridge
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MALFORMED_ACCEPT = ["application/openmetrics-text;version=abc",
                     "application/openmetrics-text; version=1.x.0",

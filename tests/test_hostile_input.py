@@ -7,7 +7,7 @@ import requests
 
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, Bridge
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.live]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Arabic-Indic three, Devanagari one, fullwidth two, a trailing newline, a space
 BAD_DURATIONS = ["\u0663h", "\u0967d", "\uff12h", "1h\n", "1h ", "\n1h"]

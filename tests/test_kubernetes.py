@@ -126,6 +126,7 @@ def readme_secrets():
 
 
 # -- rendering and validation ------------------------------------------------------------------
+@pytest.mark.live
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_overlay_renders_with_kubectl_kustomize(target):
     kinds = sorted(o["kind"] for o in render(target))
@@ -133,6 +134,7 @@ def test_every_overlay_renders_with_kubectl_kustomize(target):
     assert all(o["metadata"]["name"].startswith("heartbeat-bridge") for o in render(target))
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_built_in_kind_passes_kubernetes_validate_strict(target, tmp_path):
     builtin = [o for o in render(target) if not o["apiVersion"].startswith(OPERATOR_GROUP)]
@@ -153,6 +155,7 @@ def validate(path):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.live
 def test_kubernetes_validate_strict_refuses_an_unknown_field(tmp_path):
     """The check above can fail: a misspelt field is refused."""
     deployment = one(render("base"), "Deployment")
@@ -178,6 +181,7 @@ def test_generated_files_are_what_the_generator_writes_now():
     assert generator.main(["--check"]) == 0
 
 
+@pytest.mark.live
 def test_the_prometheus_rule_groups_pass_promtool_and_equal_rules_yml(tmp_path):
     promtool = require_binary("promtool")
     rule = one(render("overlays/single"), "PrometheusRule")
@@ -190,6 +194,7 @@ def test_the_prometheus_rule_groups_pass_promtool_and_equal_rules_yml(tmp_path):
     assert "SUCCESS" in result.stdout + result.stderr
 
 
+@pytest.mark.live
 def test_the_dashboard_configmap_is_the_shipped_dashboard():
     configmap = next(o for o in render("overlays/single") if o["kind"] == "ConfigMap"
                      and o["metadata"]["name"] == "heartbeat-bridge-dashboard")
@@ -209,6 +214,7 @@ def test_the_generator_keeps_the_text_and_follows_a_change(tmp_path):
 
 
 # -- cross-references --------------------------------------------------------------------------
+@pytest.mark.live
 @pytest.mark.parametrize("target", TARGETS)
 def test_service_selects_the_pods_and_names_their_port(target):
     objects = render(target)
@@ -220,6 +226,7 @@ def test_service_selects_the_pods_and_names_their_port(target):
         pod["metadata"]["labels"].items()
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("target", MONITORED)
 def test_service_monitor_selects_the_service_and_its_port(target):
     objects = render(target)
@@ -231,6 +238,7 @@ def test_service_monitor_selects_the_service_and_its_port(target):
     assert [e["path"] for e in monitor["spec"]["endpoints"]] == ["/metrics"]
 
 
+@pytest.mark.live
 def test_the_job_label_is_the_one_the_shipped_prometheus_config_uses():
     # The operator names the job after the Service (no jobLabel set); rules and dashboard
     # were written against the job of prometheus/prometheus.yml.
@@ -241,6 +249,7 @@ def test_the_job_label_is_the_one_the_shipped_prometheus_config_uses():
     assert one(render("overlays/single"), "Service")["metadata"]["name"] in jobs
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("target", TARGETS)
 def test_probes_mounts_secrets_and_file_variables_name_things_that_exist(target):
     objects = render(target)
@@ -282,6 +291,7 @@ def test_probes_mounts_secrets_and_file_variables_name_things_that_exist(target)
         assert name.removesuffix("_FILE") in read_by_config, f"{name}: no such setting"
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_other_object_points_at_the_pods_and_the_service(target):
     objects = render(target)
@@ -306,6 +316,7 @@ def test_every_other_object_points_at_the_pods_and_the_service(target):
         assert selects(spread["labelSelector"]["matchLabels"], labels)
 
 
+@pytest.mark.live
 def test_the_container_runs_as_the_dockerfiles_user():
     user = re.search(r"^USER\s+(\d+):(\d+)\s*$", (ROOT / "Dockerfile").read_text(), re.M)
     uid, gid = int(user.group(1)), int(user.group(2))
@@ -317,6 +328,7 @@ def test_the_container_runs_as_the_dockerfiles_user():
                 main["securityContext"]["runAsGroup"]) == (uid, gid)
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("target", SHIPPED)
 def test_the_security_context_is_restrictive(target):
     spec, main = pod_spec(render(target)), container(render(target))
@@ -331,6 +343,7 @@ def test_the_security_context_is_restrictive(target):
     assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
 
 
+@pytest.mark.live
 def test_the_base_never_runs_two_pods_on_one_sqlite_file():
     objects = render("base")
     deployment, main = one(objects, "Deployment"), container(objects)
@@ -341,6 +354,7 @@ def test_the_base_never_runs_two_pods_on_one_sqlite_file():
     assert url.startswith(f"sqlite:///{data}/")
 
 
+@pytest.mark.live
 def test_the_replicas_share_postgresql_and_replace_every_old_pod_at_once():
     objects = render("overlays/replicas")
     deployment, main = one(objects, "Deployment"), container(objects)
@@ -361,6 +375,7 @@ def test_the_replicas_share_postgresql_and_replace_every_old_pod_at_once():
 
 
 # -- the Prometheus Operator's API ---------------------------------------------------------------
+@pytest.mark.live
 def test_service_monitor_uses_only_fields_of_the_operators_api():
     monitor = one(render("overlays/single"), "ServiceMonitor")
     assert monitor["apiVersion"] == f"{OPERATOR_GROUP}/v1"
@@ -374,6 +389,7 @@ def test_service_monitor_uses_only_fields_of_the_operators_api():
         assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
 
 
+@pytest.mark.live
 def test_prometheus_rule_uses_only_fields_of_the_operators_api():
     rule = one(render("overlays/single"), "PrometheusRule")
     assert rule["apiVersion"] == f"{OPERATOR_GROUP}/v1"
@@ -428,6 +444,7 @@ def pod_environment(tmp_path):
     return env, moved, main
 
 
+@pytest.mark.live
 def test_the_pods_own_environment_starts_a_bridge_whose_probes_answer(tmp_path):
     """The base's env and token files: the bridge starts, and every probe path, /metrics and
     the admin API (with the Secret's admin token) answer 200."""
@@ -449,6 +466,7 @@ def test_the_pods_own_environment_starts_a_bridge_whose_probes_answer(tmp_path):
     assert Path(moved["/var/lib/heartbeat-bridge"], "heartbeat.db").exists()
 
 
+@pytest.mark.live
 def test_the_bridge_runs_on_a_read_only_root_filesystem(tmp_path):
     """readOnlyRootFilesystem as far as one host shows it: in a private mount namespace whose
     root is read-only but for the pod's writable volumes (data, tmp), the bridge serves."""
@@ -487,6 +505,7 @@ def test_the_bridge_runs_on_a_read_only_root_filesystem(tmp_path):
     assert Path(moved["/var/lib/heartbeat-bridge"], "heartbeat.db").exists()
 
 
+@pytest.mark.live
 def test_the_ingress_carries_the_proxy_settings_of_docs_security():
     """Body size and timeouts as annotations, the controller-wide ones (header and body
     timeouts, keep-alive) named in the example's comment, all equal to docs/security.md's."""

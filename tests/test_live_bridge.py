@@ -2,16 +2,23 @@
 import re
 import socket
 import subprocess
-import time
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, per_server, require_binary, total, wait_until
 
+pytestmark = pytest.mark.live  # every test here starts a real program
 
-def test_health_and_readiness(live_bridge):
-    bridge = live_bridge()
+
+@pytest.fixture(scope="module")
+def bridge(module_bridge):
+    """One bridge for the tests that each write ids of their own, or nothing."""
+    return module_bridge()
+
+
+def test_health_and_readiness(bridge):
     assert requests.get(bridge.url + "/healthz", timeout=5).json() == {"status": "ok"}
     assert requests.get(bridge.url + "/readyz", timeout=5).json() == {"status": "ready"}
 
@@ -73,37 +80,34 @@ def raw_request(port, head, body_chunks=(), read_timeout=5.0):
     return data.split(b"\r\n", 1)[0].decode()
 
 
-def test_a_declared_oversized_body_is_refused_before_it_is_read(live_bridge):
-    bridge = live_bridge()
-    head = (f"POST /api/heartbeat/web-1/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+def test_a_declared_oversized_body_is_refused_before_it_is_read(bridge):
+    head = (f"POST /api/heartbeat/big-1/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
             f"{FLEET_TOKEN}\r\nContent-Type: application/json\r\n"
             f"Content-Length: 50000000\r\n\r\n").encode()
-    started = time.monotonic()
-    status = raw_request(bridge.port, head)  # 50 MB announced, none sent
+    # 50 MB announced, none sent: an answer at all (within raw_request's 5 s read timeout)
+    # shows the bridge did not wait for the body
+    status = raw_request(bridge.port, head)
     assert status.endswith("413 REQUEST ENTITY TOO LARGE") or " 413 " in status
-    assert time.monotonic() - started < 3
 
 
-def test_a_chunked_body_over_the_limit_is_cut_off(live_bridge):
-    bridge = live_bridge()
-    head = (f"POST /api/heartbeat/web-1/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+def test_a_chunked_body_over_the_limit_is_cut_off(bridge):
+    head = (f"POST /api/heartbeat/cut-1/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
             f"{FLEET_TOKEN}\r\nContent-Type: application/json\r\n"
             f"Transfer-Encoding: chunked\r\n\r\n").encode()
     chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"
     status = raw_request(bridge.port, head, [chunk] * 8)
     assert " 413 " in status
-    assert "web-1" not in bridge.metrics()
+    assert "cut-1" not in bridge.metrics()
 
 
-def test_a_small_chunked_beat_is_accepted(live_bridge):
-    bridge = live_bridge()
+def test_a_small_chunked_beat_is_accepted(bridge):
     body = b'{"interval": 20}'
-    head = (f"POST /api/heartbeat/web-1/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    head = (f"POST /api/heartbeat/chunk-1/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
             f"{FLEET_TOKEN}\r\nContent-Type: application/json\r\n"
             f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
     status = raw_request(bridge.port, head, [b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)])
     assert " 200 " in status
-    assert 'heartbeat_interval_seconds{server_id="web-1"} 20.0' in bridge.metrics()
+    assert 'heartbeat_interval_seconds{server_id="chunk-1"} 20.0' in bridge.metrics()
 
 
 def test_live_metrics_pass_promtool_and_both_formats(live_bridge):

@@ -220,6 +220,7 @@ def test_samples_carry_no_timestamps(client, fleet):
 NASTY_LABELS = {"team": 'quote " backslash \\ newline-free', "env": "ünïcödé ✓", "site": ""}
 
 
+@pytest.mark.live
 def test_values_that_need_escaping_come_out_valid(full_client, tmp_path):
     require_binary("promtool")
     client = full_client

@@ -6,17 +6,11 @@ import pytest
 
 from bridge.store import BeatPolicy, open_store
 from bridge.validate import parse_beat
-from tests.tools import ROOT, postgres_schema_url
+from tests.tools import ROOT
+
+pytestmark = pytest.mark.live  # every test here starts a real program
 
 BEAT = b'{"interval": 15, "hostname": "web-1.example", "agent_version": "0.1.0", "seq": 7}'
-
-
-@pytest.fixture
-def pg_url():
-    conn, schema, url = postgres_schema_url()
-    yield url
-    conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    conn.close()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def gauge(text, name, **labels):
     return values[0]
 
 
+@pytest.mark.live
 def test_empty_and_truncated_metrics_files_leave_the_scrape_whole(live_bridge):
     bridge = live_bridge(HEARTBEAT_WORKERS="2")
     for server in ("web-1", "web-2", "db-1"):
@@ -93,6 +94,7 @@ def _traffic(bridge, stop, answers, kind, index):
         answers.append((kind, status))
 
 
+@pytest.mark.live
 def test_no_answer_fails_while_the_bridge_starts_under_beats_and_scrapes(tmp_path):
     """Beats and scrapes arrive from the first instant a worker listens, start after start."""
     database = f"sqlite:///{tmp_path / 'starts.db'}"

@@ -3,6 +3,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.tools import ROOT, bridge_env, free_port
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -33,6 +35,7 @@ def test_the_healthcheck_needs_no_curl():
     assert "curl" not in DOCKERFILE and "wget" not in DOCKERFILE
 
 
+@pytest.mark.live
 def test_healthcheck_command_exits_0_against_a_live_bridge_and_1_without(live_bridge):
     bridge = live_bridge()
     env = bridge_env(bridge.env["HEARTBEAT_DATABASE_URL"], bridge.port)

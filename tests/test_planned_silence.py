@@ -182,6 +182,7 @@ def test_nothing_is_retired_or_forgotten_by_default(client, store, clock):
     assert value(m, "heartbeat_retired", server_id="quiet-1") == 0
 
 
+@pytest.mark.live
 def test_cli_retire_and_unretire(tmp_path):
     db = f"sqlite:///{tmp_path / 'cli.db'}"
 

@@ -9,6 +9,8 @@ import pytest
 
 from tests.tools import FLEET_TOKEN, ROOT, bridge_env, free_port
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 EXPECTED = ("heartbeat-bridge: a postgresql:// database URL needs the PostgreSQL driver "
             "(psycopg), which is not installed: pip install 'heartbeat-bridge[postgres]'\n")

@@ -197,6 +197,7 @@ def test_any_labels_and_pause_reason_are_refused_cleanly_or_exposed_exactly(clie
 LINT_ONLY = "label names should be written in 'snake_case' not 'camelCase'"
 
 
+@pytest.mark.live
 @settings(max_examples=3, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 @given(values=st.lists(ANY_TEXT, min_size=100, max_size=120),

@@ -23,10 +23,12 @@ from bridge.errors import BridgeError
 from bridge.exposition import render
 from bridge.render import RENDER_NICE, HostRenderer, RenderError, read_pid, stop
 from bridge.render_process import Shared
-from bridge.status_query import status_answer, status_snapshots
+from bridge.status_answer import status_answer, status_snapshots
 from bridge.store import BeatPolicy, StoreUnavailableError, open_store
 from bridge.validate import Beat
 from tests.tools import ADMIN_TOKEN, FLEET_TOKEN, Bridge, make_settings, sample_map, wait_until
+
+pytestmark = pytest.mark.live  # every test here starts a real program
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from tests.tools import (
     Bridge,
     Process,
     free_port,
-    postgres_schema_url,
     wait_until,
 )
 
@@ -98,14 +97,6 @@ def _close(sock):
     sock.close()
 
 
-@pytest.fixture
-def pg_url():
-    conn, schema, url = postgres_schema_url()
-    yield url
-    conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    conn.close()
-
-
 def beat(bridge, server_id):
     """A beat with a client timeout well past the bridge's own bounded waits."""
     return requests.post(f"{bridge.url}/api/heartbeat/{server_id}/", timeout=20,
@@ -129,6 +120,7 @@ def value(text, name, server_id):
     return None
 
 
+@pytest.mark.live
 def test_two_replicas_show_identical_per_server_series(pg_url, live_bridge):
     a, b = (live_bridge(pg_url, HEARTBEAT_METRICS="full") for _ in range(2))  # every family
     for n in range(3):
@@ -142,6 +134,7 @@ def test_two_replicas_show_identical_per_server_series(pg_url, live_bridge):
     assert value(b.metrics(), "heartbeat_interval_seconds", "srv-7") == 27
 
 
+@pytest.mark.live
 def test_admin_changes_through_one_replica_show_at_once_on_the_other(pg_url, live_bridge):
     a, b = live_bridge(pg_url), live_bridge(pg_url)
     for server_id in ("web-1", "db-1"):
@@ -167,16 +160,16 @@ def test_admin_changes_through_one_replica_show_at_once_on_the_other(pg_url, liv
                         timeout=5).status_code == 404
 
 
+@pytest.mark.live
 def test_a_replica_killed_under_load_loses_no_acknowledged_beat(pg_url, live_bridge):
     a, b = (live_bridge(pg_url, HEARTBEAT_RATE_LIMIT_BURST="0") for _ in range(2))
     acknowledged, attempts, lock = {}, [], threading.Lock()
-    deadline = time.monotonic() + 5.0
-    killed = threading.Event()
+    killed, done = threading.Event(), threading.Event()
 
     def client(seed):
         rng = random.Random(seed)
         session = requests.Session()
-        while time.monotonic() < deadline:
+        while not done.is_set():
             replica = rng.choice((a, b))
             server_id = f"load-{rng.randrange(12)}"
             after_kill = killed.is_set()  # before sending: a may still answer one sent earlier
@@ -195,11 +188,17 @@ def test_a_replica_killed_under_load_loses_no_acknowledged_beat(pg_url, live_bri
     threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
-    a.kill()
-    killed.set()
-    for t in threads:
-        t.join(timeout=15)
+    try:
+        wait_until(lambda: sum(ok for on_a, _, ok in attempts if on_a) >= 20, timeout=30,
+                   what="20 beats acknowledged by the replica to kill")
+        a.kill()
+        killed.set()
+        wait_until(lambda: sum(ok for on_a, after, ok in attempts if not on_a and after) > 20,
+                   timeout=30, what="the other replica going on")
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=15)
 
     assert sum(ok for on_a, after, ok in attempts if on_a and not after) > 0
     assert sum(ok for on_a, after, ok in attempts if not on_a and after) > 20  # b goes on
@@ -232,8 +231,10 @@ def test_pooled_connections_closed_by_an_outage_are_replaced_without_failing_a_c
         proxy.stop()
 
 
-def test_a_database_outage_answers_503_and_the_bridge_recovers_without_restart(live_bridge):
-    conn, schema, _ = postgres_schema_url()
+@pytest.mark.live
+def test_a_database_outage_answers_503_and_the_bridge_recovers_without_restart(live_bridge,
+                                                                              pg_schema):
+    _, schema, _ = pg_schema
     proxy = TcpProxy(5432).start()
     url = POSTGRES_BASE.replace(":5432/", f":{proxy.port}/") + \
         f"?options=-csearch_path%3D{schema}"
@@ -247,7 +248,9 @@ def test_a_database_outage_answers_503_and_the_bridge_recovers_without_restart(l
         print("during the outage:", answers)
         for path, (status, retry_after, seconds) in answers.items():
             assert status == 503, path
-            assert seconds < 8, (path, seconds)
+            # bounded by the store's 5 s timeout (a /metrics may wait out two store calls),
+            # well short of the client's 20 s: a wide bound that still tells it from a hang
+            assert seconds < 15, (path, seconds)
             assert retry_after, path
         assert not beat(bridge, "before").ok
 
@@ -268,8 +271,6 @@ def test_a_database_outage_answers_503_and_the_bridge_recovers_without_restart(l
         assert value(text, "heartbeat_beats_total", "after") == 1
     finally:
         proxy.stop()
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
 
 
 def _during_outage(bridge):
@@ -295,6 +296,7 @@ def _during_outage(bridge):
     return answers
 
 
+@pytest.mark.live
 def test_a_bridge_started_before_its_database_serves_once_it_is_up(pg_url):
     """Compose or Kubernetes may start the bridge first: it runs, is not ready, then is."""
     proxy = TcpProxy(5432).start()

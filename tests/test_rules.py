@@ -41,6 +41,7 @@ def github_anchor(heading):
     return text.replace(" ", "-")
 
 
+@pytest.mark.live
 def test_rules_file_passes_promtool_check():
     promtool = require_binary("promtool")
     result = run([promtool, "check", "rules", RULES])
@@ -48,6 +49,7 @@ def test_rules_file_passes_promtool_check():
     assert f"SUCCESS: {len(rules())} rules found" in result.stdout, result.output
 
 
+@pytest.mark.live
 def test_every_alert_behaves_as_its_promtool_unit_tests_say():
     promtool = require_binary("promtool")
     assert RULE_TESTS
@@ -67,6 +69,7 @@ def test_every_alert_has_unit_tests_for_firing_and_for_staying_silent():
     assert names - silent == set(), "no unit test where these stay silent"
 
 
+@pytest.mark.live
 def test_prometheus_config_passes_promtool_check_with_the_rules_it_loads():
     promtool = require_binary("promtool")
     # rule_files in prometheus.yml is relative to the config file's directory.
@@ -85,6 +88,7 @@ def test_prometheus_config_scrapes_the_bridge_as_the_rules_expect():
     assert am == ["127.0.0.1:9093"]
 
 
+@pytest.mark.live
 def test_alertmanager_config_passes_amtool_check():
     amtool = require_binary("amtool")
     result = run([amtool, "check-config", ALERTMANAGER])
@@ -100,6 +104,7 @@ def test_alertmanager_config_passes_amtool_check():
     ({"alertname": "HeartbeatServerRebooted", "severity": "info"}, "default-webhook"),
     ({"alertname": "HeartbeatFlapping", "team": "ops", "severity": "warning"}, "default-webhook"),
 ])
+@pytest.mark.live
 def test_alerts_are_routed_by_team_then_severity(labels, receiver):
     amtool = require_binary("amtool")
     result = run([amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}",

@@ -12,6 +12,8 @@ from bridge.store import BeatPolicy, open_store
 from bridge.validate import Beat
 from tests.tools import FLEET_TOKEN, Bridge
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 SERVERS = 10_000
 SOAK_SECONDS = 60.0
 CAPACITY_SECONDS = 3.0

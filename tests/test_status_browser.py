@@ -18,6 +18,8 @@ from tests.tools import (
     write_rows,
 )
 
+pytestmark = pytest.mark.live  # every test here starts a real program
+
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
@@ -136,6 +138,14 @@ def start(live_bridge, **settings):
 PROBLEMS_FIRST = ["db-down", "web-late", "db-new", "ops-away", "ops-paused"]
 
 
+@pytest.fixture(scope="module")
+def settled(module_bridge):
+    """One bridge, seeded with the states that last, for the tests that only read it."""
+    bridge = start(module_bridge)
+    seed_fleet(bridge, transient=False)
+    return bridge
+
+
 def test_the_page_opens_on_servers_not_up_worst_first_with_exact_counts(live_bridge, open_page):
     bridge = start(live_bridge)
     seed_fleet(bridge)
@@ -194,9 +204,8 @@ def test_a_server_that_changes_state_moves_between_views_on_the_next_refresh(
     expect(page.locator('tr[data-server-id="db-down"] .badge')).to_have_text("Retired")
 
 
-def test_an_unchanged_refresh_is_answered_304_and_keeps_every_row(live_bridge, open_page):
-    bridge = start(live_bridge)
-    seed_fleet(bridge, transient=False)
+def test_an_unchanged_refresh_is_answered_304_and_keeps_every_row(settled, open_page):
+    bridge = settled
     page = open_page(bridge)
     shown_ids(page, ["db-new", "ops-away", "ops-paused"])
     # Rows drawn before are kept as they are (only their "ago" text moves).
@@ -210,9 +219,8 @@ def test_an_unchanged_refresh_is_answered_304_and_keeps_every_row(live_bridge, o
     expect(page.locator("#updated")).to_contain_text("unchanged")
 
 
-def test_the_filter_matches_labels_exactly_and_text_anywhere(live_bridge, open_page):
-    bridge = start(live_bridge)
-    seed_fleet(bridge, transient=False)
+def test_the_filter_matches_labels_exactly_and_text_anywhere(settled, open_page):
+    bridge = settled
     page = open_page(bridge, path="/?state=all")
     expect(page.locator("#servers tbody tr")).to_have_count(5)
     cases = {"team=web": ["web-up"], "team=db": ["db-new"], "TEAM=DB": ["db-new"],
@@ -262,9 +270,8 @@ def test_paging_sorting_and_filtering_survive_in_a_shared_url(live_bridge, open_
 
 
 def test_filter_and_sort_buttons_are_reachable_and_usable_with_the_keyboard(
-        live_bridge, open_page):
-    bridge = start(live_bridge)
-    seed_fleet(bridge, transient=False)
+        settled, open_page):
+    bridge = settled
     page = open_page(bridge, path="/?state=all")
     expect(page.locator("#servers tbody tr")).to_have_count(5)
     page.keyboard.press("Tab")
@@ -294,9 +301,8 @@ def test_filter_and_sort_buttons_are_reachable_and_usable_with_the_keyboard(
         "aria-sort", "none")
 
 
-def test_a_phone_width_screen_has_no_horizontal_overflow(live_bridge, open_page):
-    bridge = start(live_bridge)
-    seed_fleet(bridge, transient=False)
+def test_a_phone_width_screen_has_no_horizontal_overflow(settled, open_page):
+    bridge = settled
     # Dark, to get a look at the other palette in the screenshot too.
     page = open_page(bridge, path="/?state=all", viewport={"width": 390, "height": 844},
                      color_scheme="dark")

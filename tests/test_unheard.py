@@ -10,7 +10,6 @@ from tests.tools import (
     POSTGRES_BASE,
     FakeClock,
     make_settings,
-    postgres_schema_url,
     sample_map,
     value,
     wait_until,
@@ -47,8 +46,8 @@ def test_a_bridge_started_on_an_old_store_reports_the_gap_since_its_last_beat(ap
     assert gauges(client) == (started, 600)
 
 
-def test_a_store_outage_starts_a_new_stretch_after_it(tmp_path):
-    conn, schema, _ = postgres_schema_url()
+def test_a_store_outage_starts_a_new_stretch_after_it(pg_schema):
+    _, schema, _ = pg_schema
     proxy = TcpProxy(5432).start()
     url = POSTGRES_BASE.replace(":5432/", f":{proxy.port}/") + \
         f"?options=-csearch_path%3D{schema}"
@@ -79,5 +78,3 @@ def test_a_store_outage_starts_a_new_stretch_after_it(tmp_path):
         app.stop()
         proxy.stop()
         store.close()
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()

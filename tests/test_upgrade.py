@@ -188,6 +188,7 @@ def check_config(url):
                           timeout=30)
 
 
+@pytest.mark.live
 def test_check_config_reports_the_schema_and_the_plan_and_changes_nothing(old_store, tmp_path):
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     rows = read_rows(old_store, "SELECT * FROM servers ORDER BY server_id")
@@ -205,6 +206,7 @@ def test_check_config_reports_the_schema_and_the_plan_and_changes_nothing(old_st
     assert read_rows(old_store, "SELECT * FROM servers ORDER BY server_id") == rows
 
 
+@pytest.mark.live
 def test_check_config_on_a_new_database_creates_nothing(tmp_path):
     result = check_config(f"sqlite:///{tmp_path / 'data' / 'heartbeat.db'}")
     assert result.returncode == 0, result.stderr
@@ -213,6 +215,7 @@ def test_check_config_on_a_new_database_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.live
 def test_check_config_after_the_upgrade_and_on_a_newer_schema(old_store, clock):
     open_store(old_store, clock=clock).close()
     result = check_config(old_store)
@@ -223,6 +226,7 @@ def test_check_config_after_the_upgrade_and_on_a_newer_schema(old_store, clock):
     assert "serve would: refuse to start: the store's schema 99 is newer" in result.stdout
 
 
+@pytest.mark.live
 def test_serve_on_a_0_1_store_backs_it_up_migrates_it_and_says_so(live_bridge, tmp_path):
     shutil.copy(HERE / "heartbeat.db", tmp_path / "old.db")
     bridge = live_bridge(f"sqlite:///{tmp_path / 'old.db'}")

@@ -22,7 +22,6 @@ from tests.tools import (
     Process,
     bridge_env,
     free_port,
-    postgres_schema_url,
     read_rows,
     wait_until,
     write_rows,
@@ -75,6 +74,7 @@ def beats_total(url, server_id):
     return read_rows(url, f"SELECT beats_total FROM servers WHERE server_id = '{server_id}'")[0][0]
 
 
+@pytest.mark.live
 def test_a_running_previous_release_replica_cannot_write_once_the_schema_is_migrated(
         old_store, old_bridge):
     url = old_store
@@ -127,6 +127,7 @@ def test_a_running_previous_release_replica_cannot_write_once_the_schema_is_migr
         new.close()
 
 
+@pytest.mark.live
 def test_the_previous_release_refuses_to_start_on_the_migrated_schema(old_store, old_bridge):
     url = old_store
     open_store(url, clock=lambda: T0 + 60).close()
@@ -164,24 +165,20 @@ def write_rows_as_0_1(url, sql):
         conn.execute(sql)
 
 
-def test_new_replicas_starting_together_on_an_old_store_migrate_it_once(caplog):
-    conn, schema, url = postgres_schema_url()
-    try:
-        previous_release.load_dump(schema)
-        barrier = threading.Barrier(3)
+def test_new_replicas_starting_together_on_an_old_store_migrate_it_once(caplog, pg_schema):
+    _, schema, url = pg_schema
+    previous_release.load_dump(schema)
+    barrier = threading.Barrier(3)
 
-        def start(_):
-            barrier.wait(timeout=10)
-            return open_store(url, clock=lambda: T0 + 60, pool_size=1)
+    def start(_):
+        barrier.wait(timeout=10)
+        return open_store(url, clock=lambda: T0 + 60, pool_size=1)
 
-        with caplog.at_level(logging.INFO, logger="bridge"):
-            with ThreadPoolExecutor(3) as pool:
-                stores = list(pool.map(start, range(3)))
-        assert [s.schema_version() for s in stores] == [SCHEMA_VERSION] * 3
-        assert caplog.text.count("migrating the store from schema 2") == 1
-        stores[0].record_beat("web-fleet", parse_beat(b"", None), BeatPolicy(rate_limit_burst=0))
-        for store in stores:
-            store.close()
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with caplog.at_level(logging.INFO, logger="bridge"):
+        with ThreadPoolExecutor(3) as pool:
+            stores = list(pool.map(start, range(3)))
+    assert [s.schema_version() for s in stores] == [SCHEMA_VERSION] * 3
+    assert caplog.text.count("migrating the store from schema 2") == 1
+    stores[0].record_beat("web-fleet", parse_beat(b"", None), BeatPolicy(rate_limit_burst=0))
+    for store in stores:
+        store.close()

@@ -180,40 +180,6 @@ class Server(NamedTuple):
             return "open"
         return "enrolled" if self.token_confirmed else "pending"
 
-    def as_dict(self, now: float, default_interval: float) -> Dict[str, Any]:
-        """The server as JSON-ready values; a stored NaN or infinity reads as None, so no
-        answer ever carries a value strict JSON cannot hold."""
-        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
-                for key, value in self._values(now, default_interval).items()}
-
-    def _values(self, now: float, default_interval: float) -> Dict[str, Any]:
-        return {
-            "server_id": self.server_id,
-            "labels": self.labels,
-            "interval": self.interval(default_interval),
-            "registered_interval": self.registered_interval,
-            "declared_interval": self.declared_interval,
-            "last_seen": self.last_seen or None,
-            "beats_total": self.beats_total,
-            "paused": self.is_paused(now),
-            "paused_until": self.paused_until if self.is_paused(now) else None,
-            "pause_reason": self.pause_reason if self.is_paused(now) else None,
-            "registered_at": self.created_at,
-            "hostname": self.hostname,
-            "agent_version": self.agent_version,
-            "boot_time": self.boot_time,
-            "clock_skew": self.clock_skew,
-            "seq": self.seq,
-            "has_token": self.has_token,
-            "enrolment": self.enrolment,
-            "paused_by": self.paused_by if self.is_paused(now) else None,
-            "retired_by": self.retired_by if self.retired_at is not None else None,
-            "expected_back": self.expected_back,
-            "away": self.is_away(now),
-            "retired": self.retired_at is not None,
-            "retired_at": self.retired_at,
-        }
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -342,7 +308,7 @@ class Store(Protocol):
     # -- the operator's changes (each returns the server as it is afterwards) -------------
     def register(self, server_id: str, interval: Optional[float] = None,
                  labels: Optional[Dict[str, str]] = None, token_hash: Optional[str] = None,
-                 max_servers: int = 100000) -> "Server":
+                 max_servers: int = BeatPolicy.max_servers) -> "Server":
         """Add a server that has never beaten. Raises ServerExistsError if the id is known
         (also when another replica registers it at the same moment) and ServerLimitError
         past `max_servers`."""
@@ -410,15 +376,35 @@ def require_postgres_driver() -> None:
         raise DriverMissingError() from None
 
 
+SQLITE_PREFIX = "sqlite:///"
+POSTGRESQL_PREFIXES = ("postgresql://", "postgres://")
+
+
+def database_kind(url: str) -> Optional[str]:
+    """'sqlite' for sqlite:///PATH (a PATH given), 'postgresql' for postgresql://... or
+    postgres://..., None for anything else: the one place a database URL is recognised."""
+    if url.startswith(SQLITE_PREFIX) and len(url) > len(SQLITE_PREFIX):
+        return "sqlite"
+    if url.startswith(POSTGRESQL_PREFIXES):
+        return "postgresql"
+    return None
+
+
+def sqlite_path(url: str) -> Optional[str]:
+    """The file of a sqlite:///PATH URL; None for any other."""
+    return url[len(SQLITE_PREFIX):] if database_kind(url) == "sqlite" else None
+
+
 def open_store(url: str, clock: Clock = time.time, **options: Any) -> Store:
     """A Store for a database URL: sqlite:///path or postgresql://...
 
     `max_host_silence` (seconds, HEARTBEAT_MAX_HOST_SILENCE_HOURS) is how a migration from
     schema 2 tells a host's maintenance window from an operator's pause (bridge.store.sql)."""
-    if url.startswith("sqlite:///"):
+    path = sqlite_path(url)
+    if path:
         from bridge.store.sqlite import SQLiteStore
-        return SQLiteStore(url[len("sqlite:///"):], clock=clock, **options)
-    if url.startswith(("postgresql://", "postgres://")):
+        return SQLiteStore(path, clock=clock, **options)
+    if database_kind(url) == "postgresql":
         require_postgres_driver()
         from bridge.store.postgres import PostgresStore
         return PostgresStore(url, clock=clock, **options)

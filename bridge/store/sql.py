@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from bridge.config import Settings
 from bridge.store import (
     SCHEMA_VERSION,
     UNSET,
@@ -80,7 +81,7 @@ MIGRATIONS: Dict[int, List[str]] = {
         "UPDATE servers SET retired_by = 'operator' WHERE retired_at IS NOT NULL"],
 }
 # The longest maintenance window a host may ask for unless the settings say otherwise.
-DEFAULT_MAX_HOST_SILENCE = 72 * 3600.0
+DEFAULT_MAX_HOST_SILENCE = Settings.max_host_silence_hours * 3600.0
 
 # Every column, in the order export_rows() yields and import_rows() takes them.
 ALL_COLUMNS = ("server_id", "labels", "registered_interval", "declared_interval", "last_seen",
@@ -282,7 +283,7 @@ class SQLStore:
     # -- lifecycle -----------------------------------------------------------------------
     def register(self, server_id: str, interval: Optional[float] = None,
                  labels: Optional[Dict[str, str]] = None, token_hash: Optional[str] = None,
-                 max_servers: int = 100000) -> Server:
+                 max_servers: int = BeatPolicy.max_servers) -> Server:
         """Add a server that has never beaten; raise ServerExistsError if it is known."""
         now = self.clock()
         with self._transaction(write=True) as cur:

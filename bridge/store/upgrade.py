@@ -12,7 +12,12 @@ import sqlite3
 import urllib.parse
 from typing import Any, List, Optional, Tuple
 
-from bridge.store import SCHEMA_VERSION, StoreUnavailableError, require_postgres_driver
+from bridge.store import (
+    SCHEMA_VERSION,
+    StoreUnavailableError,
+    require_postgres_driver,
+    sqlite_path,
+)
 
 log = logging.getLogger("bridge")
 
@@ -57,8 +62,9 @@ SQLITE_WRITER_LOCKOUT = {3: [
 def stored_version(url: str) -> Optional[int]:
     """The schema version of the store at `url`, or None when there is none yet; reads only
     (no file, table or row is created). StoreUnavailableError when it cannot be read."""
-    if url.startswith("sqlite:///"):
-        return _sqlite_version(url[len("sqlite:///"):])
+    path = sqlite_path(url)
+    if path:
+        return _sqlite_version(path)
     return _postgres_version(url)
 
 
@@ -66,7 +72,7 @@ def connected_releases(url: str) -> List[Tuple[str, int]]:
     """(application_name, connections) of the bridges connected to this PostgreSQL database
     now, in any schema, this session left out; [] for SQLite. 0.1 connected as
     `heartbeat-bridge`, later releases as `heartbeat-bridge/VERSION`."""
-    if url.startswith("sqlite:///"):
+    if sqlite_path(url):
         return []
     require_postgres_driver()
     from bridge.store.postgres import read_only_rows
@@ -88,8 +94,9 @@ def plan(version: Optional[int], url: str) -> str:
     if version == SCHEMA_VERSION:
         return "use the store as it is"
     migrate = f"migrate the store from schema {version} to {SCHEMA_VERSION}"
-    if url.startswith("sqlite:///"):
-        backup = backup_path(os.path.abspath(url[len("sqlite:///"):]), version)
+    path = sqlite_path(url)
+    if path:
+        backup = backup_path(os.path.abspath(path), version)
         return f"back the store up to {backup}, then {migrate}"
     return (f"{migrate}; back it up with pg_dump first, there is no way back without it "
             "(docs/upgrading.md)")

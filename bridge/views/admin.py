@@ -7,6 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge import admin
+from bridge.server_view import server_json
 from bridge.store import Server
 from bridge.validate import InvalidInputError, parse_object
 from bridge.views import error, state
@@ -47,8 +48,8 @@ def _body() -> Dict[str, Any]:
 
 def _server_json(server: Server, status: int = 200, **extra: Any) -> Response:
     hb = state()
-    response = jsonify(server=server.as_dict(hb.store.clock(), hb.settings.default_interval),
-                       **extra)
+    response = jsonify(server=server_json(server, hb.store.clock(),
+                                          hb.settings.default_interval), **extra)
     response.status_code = status
     return response
 
@@ -57,7 +58,7 @@ def _server_json(server: Server, status: int = 200, **extra: Any) -> Response:
 def list_servers() -> Response:
     hb = state()
     now = hb.store.clock()
-    return jsonify(servers=[s.as_dict(now, hb.settings.default_interval)
+    return jsonify(servers=[server_json(s, now, hb.settings.default_interval)
                             for s in hb.store.list()])
 
 

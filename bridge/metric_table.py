@@ -1,4 +1,5 @@
-"""Metric families over one store snapshot.
+"""The table of metrics over one store snapshot (what each series is, and when it is
+shown), and prometheus_client families built from it.
 
 Per server, in the default `lean` set (HEARTBEAT_METRICS; operator labels ride along with
 server_id), at most 4 series a server:
